@@ -1,0 +1,248 @@
+//! What travels through the hub: frames, close reasons, channel names and publications.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use serde::Serialize;
+
+use crate::dialect::DialectKind;
+
+/// One WebSocket message, whole (fragments already joined).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A text message (always valid UTF-8).
+    Text(ByteString),
+    /// A binary message.
+    Binary(Bytes),
+}
+
+impl Frame {
+    /// A text frame from anything string-like.
+    pub fn text(text: impl Into<ByteString>) -> Self {
+        Frame::Text(text.into())
+    }
+
+    /// Payload length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Text(t) => t.len(),
+            Frame::Binary(b) => b.len(),
+        }
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// WebSocket close codes the hub sends (RFC 6455 §7.4.1).
+pub mod close_code {
+    /// The purpose of the connection was fulfilled.
+    pub const NORMAL: u16 = 1000;
+    /// The server is going down, or the peer went silent.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The peer broke the protocol.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// No close code was present (never sent on the wire; used in logs).
+    pub const NO_STATUS: u16 = 1005;
+    /// The connection dropped without a close frame (never sent on the wire; used in logs).
+    pub const ABNORMAL: u16 = 1006;
+    /// A text message was not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A policy was violated (e.g. the client stopped reading and its queue filled up).
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A message was larger than the configured maximum.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The server hit an internal error.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The server is overloaded; try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+
+    /// Whether an application may send this code in a close frame (1000, or 3000-4999).
+    pub fn is_sendable(code: u16) -> bool {
+        code == NORMAL || (3000..=4999).contains(&code)
+    }
+}
+
+/// Longest close reason, in bytes, that fits a close frame (125 minus the 2-byte code).
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// A close frame's code and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    /// The close code.
+    pub code: u16,
+    /// A short human-readable reason (at most 123 bytes on the wire).
+    pub reason: String,
+}
+
+impl Close {
+    /// A close with a code and reason; the reason is cut to the 123 bytes a close frame holds.
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        let mut reason = reason.into();
+        if reason.len() > MAX_CLOSE_REASON {
+            let mut end = MAX_CLOSE_REASON;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        Self { code, reason }
+    }
+}
+
+/// Longest channel name accepted.
+pub const MAX_CHANNEL_LEN: usize = 256;
+
+/// A validated channel name: 1 to 256 bytes, no control characters. Cloning is cheap.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ChannelName(Arc<str>);
+
+/// Why a channel name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidChannel {
+    /// Empty name.
+    #[error("channel name is empty")]
+    Empty,
+    /// Longer than [`MAX_CHANNEL_LEN`] bytes.
+    #[error("channel name is longer than {MAX_CHANNEL_LEN} bytes")]
+    TooLong,
+    /// Has a control character.
+    #[error("channel name contains a control character")]
+    ControlCharacter,
+}
+
+impl ChannelName {
+    /// Validate a channel name.
+    pub fn parse(text: &str) -> Result<Self, InvalidChannel> {
+        if text.is_empty() {
+            Err(InvalidChannel::Empty)
+        } else if text.len() > MAX_CHANNEL_LEN {
+            Err(InvalidChannel::TooLong)
+        } else if text.chars().any(char::is_control) {
+            Err(InvalidChannel::ControlCharacter)
+        } else {
+            Ok(Self(Arc::from(text)))
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChannelName({})", self.0)
+    }
+}
+
+/// Whether a publication went to one channel or to everyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicationKind {
+    /// Published to one channel (RocketWS `__type: "message"`).
+    Message,
+    /// Sent to every connection (RocketWS `__type: "broadcast"`).
+    Broadcast,
+}
+
+/// A published JSON value on its way to many connections. It is built once per publish and
+/// shared; each dialect encodes it at most once, the first time one of its connections needs it.
+pub struct Publication {
+    /// The channel, or `None` for a broadcast.
+    pub channel: Option<ChannelName>,
+    /// The published value.
+    pub data: serde_json::Value,
+    /// Channel message or broadcast.
+    pub kind: PublicationKind,
+    /// When the hub accepted it, in Unix seconds.
+    pub ts: u64,
+    /// The frame each dialect made of it, filled on first use.
+    encoded: [OnceLock<Frame>; DialectKind::COUNT],
+}
+
+impl Publication {
+    /// A publication stamped with the current time.
+    pub fn new(
+        channel: Option<ChannelName>,
+        data: serde_json::Value,
+        kind: PublicationKind,
+    ) -> Self {
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Self {
+            channel,
+            data,
+            kind,
+            ts,
+            encoded: Default::default(),
+        }
+    }
+
+    /// The frame for `dialect`, encoding it with `encode` only the first time.
+    pub fn frame_for(&self, dialect: DialectKind, encode: impl FnOnce(&Self) -> Frame) -> Frame {
+        self.encoded[dialect.index()]
+            .get_or_init(|| encode(self))
+            .clone()
+    }
+}
+
+impl fmt::Debug for Publication {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publication")
+            .field("channel", &self.channel)
+            .field("kind", &self.kind)
+            .field("ts", &self.ts)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_are_validated() {
+        assert_eq!(ChannelName::parse(""), Err(InvalidChannel::Empty));
+        assert_eq!(
+            ChannelName::parse("a\nb"),
+            Err(InvalidChannel::ControlCharacter)
+        );
+        assert_eq!(
+            ChannelName::parse(&"c".repeat(MAX_CHANNEL_LEN + 1)),
+            Err(InvalidChannel::TooLong)
+        );
+        assert_eq!(ChannelName::parse("jobs-42").unwrap().as_str(), "jobs-42");
+    }
+
+    #[test]
+    fn a_publication_is_encoded_once_per_dialect() {
+        let p = Publication::new(
+            None,
+            serde_json::json!({"a": 1}),
+            PublicationKind::Broadcast,
+        );
+        let mut calls = 0;
+        for _ in 0..3 {
+            p.frame_for(DialectKind::Raw, |_| {
+                calls += 1;
+                Frame::text("x")
+            });
+        }
+        assert_eq!(calls, 1);
+    }
+}

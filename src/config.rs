@@ -1,0 +1,418 @@
+//! Configuration: the TOML file's shape, its defaults, and the checks that run before any port
+//! is bound. A `Config` that passed [`Config::validate`] is one the server can run with.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The whole configuration file. Every section is optional; a missing section takes its defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where WebSocket clients connect and whether the sample page is served.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The private API backends use to push frames, publish and close connections.
+    #[serde(default)]
+    pub push: PushConfig,
+    /// Per-connection limits and the heartbeat.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Where frames of relay routes go.
+    #[serde(default)]
+    pub backend: BackendConfig,
+    /// The WebSocket routes, each with the dialect its clients speak.
+    #[serde(default = "default_routes")]
+    pub routes: Vec<RouteConfig>,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// The `[server]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the WebSocket routes (and the sample page) listen on.
+    pub listen: Address,
+    /// Serve the sample page at `GET /`.
+    pub page: bool,
+    /// HTTP worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// How long a graceful shutdown waits for every socket to close before it gives up.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: Address("127.0.0.1:8080".parse().expect("valid literal")),
+            page: true,
+            workers: 0,
+            shutdown_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// The `[push]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Address of the push API; it may equal `server.listen`, then both share one listener.
+    pub listen: Address,
+    /// Bearer token the push API requires; required when `listen` is not a loopback address.
+    pub token: Option<String>,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            listen: Address("127.0.0.1:8081".parse().expect("valid literal")),
+            token: None,
+        }
+    }
+}
+
+/// The `[limits]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest message a client may send, in bytes, after fragments are joined (close 1009 above).
+    pub max_message_size: usize,
+    /// Deliveries that may wait for one connection before it counts as stalled and is cut off.
+    pub outbound_queue: usize,
+    /// How often the server pings each connection.
+    pub heartbeat_interval_ms: u64,
+    /// How long a connection may stay silent (no frame, no pong) before it is closed.
+    pub heartbeat_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: 1024 * 1024,
+            outbound_queue: 64,
+            heartbeat_interval_ms: 10_000,
+            heartbeat_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The ping interval as a `Duration`.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// The silence timeout as a `Duration`.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+}
+
+/// The `[backend]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// Which backend receives the frames of relay routes.
+    pub kind: BackendKind,
+}
+
+/// The backends a relay route can use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Echo every frame back to its sender (demos, conformance runs).
+    #[default]
+    Loopback,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The URL path clients upgrade on, e.g. `/ws`.
+    pub path: String,
+    /// The dialect spoken on that path.
+    pub dialect: crate::dialect::DialectKind,
+}
+
+/// The `[log]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Default level when RUST_LOG is not set: error, warn, info, debug or trace.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+        }
+    }
+}
+
+fn default_routes() -> Vec<RouteConfig> {
+    use crate::dialect::DialectKind;
+    vec![
+        RouteConfig {
+            path: "/ws".to_owned(),
+            dialect: DialectKind::Raw,
+        },
+        RouteConfig {
+            path: "/rpc".to_owned(),
+            dialect: DialectKind::JsonRpc,
+        },
+    ]
+}
+
+/// A socket address read from a string such as `127.0.0.1:8080`, with an error that says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Address(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Address::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Address {
+    /// Parse `host:port`; the error names the value and the expected form.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        text.parse().map(Address).map_err(|_| {
+            format!("invalid address `{text}`: expected IP:PORT such as 127.0.0.1:8080")
+        })
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A configuration that could not be read or is not valid; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has an unknown key or a value of the wrong type.
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    /// A value is well-formed but not allowed.
+    #[error("{origin}: `{key}`: {message}")]
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// Paths the push API owns when it shares the WebSocket listener.
+const PUSH_PATHS: [&str; 2] = ["/api", "/healthz"];
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parse a config from TOML text (without validating it); `origin` names the text in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Parse and validate a config from TOML text.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config = Self::parse(text, origin)?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Check the rules that the TOML types cannot express.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let limits = &self.limits;
+        if limits.heartbeat_interval_ms == 0 {
+            return Err(invalid(
+                "limits.heartbeat_interval_ms",
+                "must be greater than 0".into(),
+            ));
+        }
+        if limits.heartbeat_interval_ms >= limits.heartbeat_timeout_ms {
+            return Err(invalid(
+                "limits.heartbeat_interval_ms",
+                format!(
+                    "{} must be shorter than limits.heartbeat_timeout_ms ({}), or a live client would time out between two pings",
+                    limits.heartbeat_interval_ms, limits.heartbeat_timeout_ms
+                ),
+            ));
+        }
+        if limits.max_message_size == 0 || limits.max_message_size > 1 << 30 {
+            return Err(invalid(
+                "limits.max_message_size",
+                format!("{} is out of range 1..=1073741824", limits.max_message_size),
+            ));
+        }
+        if limits.outbound_queue == 0 || limits.outbound_queue > 1 << 20 {
+            return Err(invalid(
+                "limits.outbound_queue",
+                format!("{} is out of range 1..=1048576", limits.outbound_queue),
+            ));
+        }
+        if self.server.workers > 256 {
+            return Err(invalid(
+                "server.workers",
+                format!("{} is out of range 0..=256", self.server.workers),
+            ));
+        }
+        match &self.push.token {
+            Some(token) if token.trim().is_empty() => {
+                return Err(invalid(
+                    "push.token",
+                    "is empty; remove the key or set a secret".into(),
+                ))
+            }
+            None if !self.push.listen.0.ip().is_loopback() => {
+                return Err(invalid(
+                    "push.token",
+                    format!(
+                        "is required when push.listen ({}) is not a loopback address: anyone who reaches it could push to every client",
+                        self.push.listen
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        if self.routes.is_empty() {
+            return Err(invalid("routes", "at least one route is needed".into()));
+        }
+        let shared_listener = self.shares_listener();
+        for (i, route) in self.routes.iter().enumerate() {
+            let key = format!("routes[{i}].path");
+            let path = route.path.as_str();
+            if !path.starts_with('/') || path.contains(char::is_whitespace) {
+                return Err(invalid(
+                    &key,
+                    format!("`{path}` must start with `/` and contain no spaces"),
+                ));
+            }
+            if path == "/" && self.server.page {
+                return Err(invalid(
+                    &key,
+                    "`/` is the sample page; set server.page = false to use it as a route".into(),
+                ));
+            }
+            if shared_listener && PUSH_PATHS.iter().any(|p| path.starts_with(p)) {
+                return Err(invalid(
+                    &key,
+                    format!("`{path}` collides with the push API on the shared listener"),
+                ));
+            }
+            if self.routes[..i].iter().any(|r| r.path == route.path) {
+                return Err(invalid(&key, format!("`{path}` is listed twice")));
+            }
+        }
+        if self.log.level.parse::<log::LevelFilter>().is_err() {
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "`{}` is not one of off, error, warn, info, debug, trace",
+                    self.log.level
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the push API and the WebSocket routes share one listener.
+    pub fn shares_listener(&self) -> bool {
+        self.push.listen == self.server.listen
+    }
+
+    /// The graceful-shutdown deadline.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.shutdown_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, "test.toml")
+    }
+
+    #[test]
+    fn empty_file_takes_defaults() {
+        let config = check("").unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.routes.len(), 2);
+        assert_eq!(config.backend.kind, BackendKind::Loopback);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = check("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
+        assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn bad_address_is_named() {
+        let err = check("[push]\nlisten = \"localhost\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("listen") && text.contains("localhost"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn interval_must_be_shorter_than_timeout() {
+        let err = check("[limits]\nheartbeat_interval_ms = 5000\nheartbeat_timeout_ms = 5000\n")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("limits.heartbeat_interval_ms"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn public_push_api_needs_a_token() {
+        let err = check("[push]\nlisten = \"0.0.0.0:8081\"\n").unwrap_err();
+        assert!(err.to_string().contains("push.token"), "{err}");
+        check("[push]\nlisten = \"0.0.0.0:8081\"\ntoken = \"s3cret\"\n").unwrap();
+    }
+
+    #[test]
+    fn route_paths_are_checked() {
+        let err = check("[[routes]]\npath = \"ws\"\ndialect = \"raw\"\n").unwrap_err();
+        assert!(err.to_string().contains("routes[0].path"), "{err}");
+        let err = check(
+            "[push]\nlisten = \"127.0.0.1:8080\"\n[[routes]]\npath = \"/api/x\"\ndialect = \"raw\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("collides"), "{err}");
+    }
+}

@@ -1,0 +1,571 @@
+//! The hub actor: the registry of connections (id -> `Recipient<Deliver>`), the channel
+//! subscriptions, and delivery. It is pure state: it never awaits and never does I/O, so one slow
+//! client or backend cannot stall routing for everyone else.
+//!
+//! Delivery policy: every hub -> session delivery is a `try_send` into the session's bounded
+//! mailbox (`limits.outbound_queue`). When that mailbox is full the client has stopped reading:
+//! the delivery is counted as dropped and reported to whoever sent it, the connection is cut off
+//! (removed from the registry and every channel) and told to close with 1008. Memory therefore
+//! stays bounded by `outbound_queue` deliveries per connection, and neighbours never wait.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use actix::prelude::*;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::channel::{close_code, ChannelName, Close, Frame, Publication, PublicationKind};
+use crate::connection::ConnectionId;
+
+/// How many messages may wait in the hub's own mailbox before senders wait (backpressure on
+/// the push API and on sessions asking for subscriptions).
+const HUB_MAILBOX_CAPACITY: usize = 65_536;
+
+/// Something for one session to send: a frame, a shared publication, or a close.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A frame to write as it is.
+    Frame(Frame),
+    /// A publication the session encodes in its dialect.
+    Publication(Arc<Publication>),
+    /// Close the connection with this code and reason.
+    Close(Close),
+}
+
+/// Hub -> session: send this to the client.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Outbound);
+
+/// Session -> hub: register a new connection.
+#[derive(Message)]
+#[rtype(result = "Result<(), ConnectRefused>")]
+pub struct Connect {
+    /// The connection's id.
+    pub id: ConnectionId,
+    /// The route path it connected on.
+    pub route: Arc<str>,
+    /// The client's address as the hub sees it.
+    pub remote: Option<Arc<str>>,
+    /// Where deliveries for it go.
+    pub recipient: Recipient<Deliver>,
+}
+
+/// Why the hub refused to register a connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectRefused {
+    /// Another live connection has this id.
+    #[error("a connection with this id is already registered")]
+    Duplicate,
+    /// The hub is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// Session -> hub: the connection is gone. Idempotent.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    /// The connection that ended.
+    pub id: ConnectionId,
+}
+
+/// One channel operation a client asked for through its dialect.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChannelOp {
+    /// Join a channel (idempotent).
+    Subscribe(ChannelName),
+    /// Leave a channel (also fine when not a member).
+    Unsubscribe(ChannelName),
+    /// Publish to a channel from this connection.
+    Publish {
+        /// Target channel.
+        channel: ChannelName,
+        /// Published value.
+        data: serde_json::Value,
+        /// Leave the sender out of the delivery.
+        exclude_sender: bool,
+        /// Refuse unless the sender is a member of the channel.
+        require_subscribed: bool,
+    },
+}
+
+/// What came of one [`ChannelOp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpOutcome {
+    /// Now a member.
+    Subscribed,
+    /// No longer a member.
+    Unsubscribed,
+    /// Published: how many connections it reached and how many were cut off as stalled.
+    Published(Delivery),
+    /// The sender must be a member of this channel to publish to it.
+    NotSubscribed(ChannelName),
+    /// The connection is not (or no longer) registered.
+    UnknownConnection,
+}
+
+/// Session -> hub: apply these operations in order for this connection.
+#[derive(Message)]
+#[rtype(result = "Vec<OpOutcome>")]
+pub struct Apply {
+    /// The connection asking.
+    pub id: ConnectionId,
+    /// The operations, applied in order.
+    pub ops: Vec<ChannelOp>,
+}
+
+/// How a publish or broadcast went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Delivery {
+    /// Connections the message was queued for.
+    pub reached: usize,
+    /// Connections that did not get it because their queue was full (they are cut off).
+    pub dropped: usize,
+}
+
+/// Push API -> hub: publish to a channel.
+#[derive(Message)]
+#[rtype(result = "Delivery")]
+pub struct Publish {
+    /// Target channel.
+    pub channel: ChannelName,
+    /// Published value.
+    pub data: serde_json::Value,
+}
+
+/// Push API -> hub: send to every connection.
+#[derive(Message)]
+#[rtype(result = "Delivery")]
+pub struct Broadcast {
+    /// Sent value.
+    pub data: serde_json::Value,
+}
+
+/// Why a message for one connection was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Undelivered {
+    /// No such connection.
+    #[error("no connection with this id")]
+    UnknownConnection,
+    /// The connection's queue was full; it has been cut off.
+    #[error("the connection's outbound queue is full; it has been closed with 1008")]
+    QueueFull,
+}
+
+/// Push API -> hub: send a frame to one connection.
+#[derive(Message)]
+#[rtype(result = "Result<(), Undelivered>")]
+pub struct SendTo {
+    /// Target connection.
+    pub id: ConnectionId,
+    /// The frame.
+    pub frame: Frame,
+}
+
+/// Push API -> hub: close one connection.
+#[derive(Message)]
+#[rtype(result = "Result<(), Undelivered>")]
+pub struct CloseConnection {
+    /// Target connection.
+    pub id: ConnectionId,
+    /// Code and reason sent to the client.
+    pub close: Close,
+}
+
+/// One connection as the push API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionInfo {
+    /// Its id.
+    pub id: ConnectionId,
+    /// The route it connected on.
+    pub route: Arc<str>,
+    /// The client's address.
+    pub remote: Option<Arc<str>>,
+    /// Channels it is a member of, sorted.
+    pub channels: Vec<ChannelName>,
+    /// When it connected, Unix seconds.
+    pub connected_since: u64,
+}
+
+/// Push API -> hub: list connections.
+#[derive(Message)]
+#[rtype(result = "Vec<ConnectionInfo>")]
+pub struct ListConnections;
+
+/// One channel as the push API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelInfo {
+    /// Its name.
+    pub name: ChannelName,
+    /// How many connections are members.
+    pub subscribers: usize,
+}
+
+/// Push API -> hub: list channels with their member counts.
+#[derive(Message)]
+#[rtype(result = "Vec<ChannelInfo>")]
+pub struct ListChannels;
+
+/// Counters since start, for health and metrics.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct HubStats {
+    /// Connections registered now.
+    pub connections: usize,
+    /// Channels with at least one member now.
+    pub channels: usize,
+    /// Connections registered since start.
+    pub connections_opened: u64,
+    /// Connections deregistered since start.
+    pub connections_closed: u64,
+    /// Deliveries dropped because a connection's queue was full.
+    pub deliveries_dropped: u64,
+    /// Connections cut off because they stopped reading.
+    pub stalled_connections_closed: u64,
+}
+
+/// Anyone -> hub: the counters.
+#[derive(Message)]
+#[rtype(result = "HubStats")]
+pub struct Stats;
+
+/// Shutdown -> hub: refuse new connections, ask every session to close with `close`, and
+/// answer with a receiver that fires once the registry is empty.
+#[derive(Message)]
+#[rtype(result = "oneshot::Receiver<()>")]
+pub struct Shutdown {
+    /// The close sent to every client (1001 going away).
+    pub close: Close,
+}
+
+/// One registered connection.
+struct Entry {
+    recipient: Recipient<Deliver>,
+    route: Arc<str>,
+    remote: Option<Arc<str>>,
+    since: SystemTime,
+    channels: BTreeSet<ChannelName>,
+}
+
+/// The hub actor. Start it once, before the HTTP server, and clone its `Addr` into workers.
+#[derive(Default)]
+pub struct Hub {
+    connections: HashMap<ConnectionId, Entry>,
+    channels: HashMap<ChannelName, HashSet<ConnectionId>>,
+    /// Set once shutdown began: new connections are refused.
+    shutting_down: bool,
+    /// Who waits for the registry to become empty.
+    empty_waiters: Vec<oneshot::Sender<()>>,
+    stats: HubStats,
+}
+
+impl Actor for Hub {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(HUB_MAILBOX_CAPACITY);
+    }
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Queue `outbound` for one connection; a full queue cuts the connection off.
+    fn deliver(&mut self, id: &ConnectionId, outbound: Outbound) -> Result<(), Undelivered> {
+        let entry = self
+            .connections
+            .get(id)
+            .ok_or(Undelivered::UnknownConnection)?;
+        match entry.recipient.try_send(Deliver(outbound)) {
+            Ok(()) => Ok(()),
+            Err(SendError::Full(_)) => {
+                self.cut_off(id);
+                Err(Undelivered::QueueFull)
+            }
+            Err(SendError::Closed(_)) => {
+                self.remove(id);
+                Err(Undelivered::UnknownConnection)
+            }
+        }
+    }
+
+    /// Deliver one publication to many connections, then cut off those whose queue was full.
+    fn fan_out<'a>(
+        &mut self,
+        targets: impl Iterator<Item = &'a ConnectionId>,
+        publication: Publication,
+    ) -> Delivery {
+        let publication = Arc::new(publication);
+        let mut delivery = Delivery::default();
+        let mut stalled = Vec::new();
+        let mut closed = Vec::new();
+        for id in targets {
+            let Some(entry) = self.connections.get(id) else {
+                continue;
+            };
+            let message = Deliver(Outbound::Publication(publication.clone()));
+            match entry.recipient.try_send(message) {
+                Ok(()) => delivery.reached += 1,
+                Err(SendError::Full(_)) => stalled.push(id.clone()),
+                Err(SendError::Closed(_)) => closed.push(id.clone()),
+            }
+        }
+        delivery.dropped = stalled.len();
+        for id in &stalled {
+            self.cut_off(id);
+        }
+        for id in &closed {
+            self.remove(id);
+        }
+        delivery
+    }
+
+    /// A connection stopped reading: drop it from the registry and ask it to close with 1008.
+    fn cut_off(&mut self, id: &ConnectionId) {
+        self.stats.deliveries_dropped += 1;
+        self.stats.stalled_connections_closed += 1;
+        log::warn!("id={id} outbound queue full: the client stopped reading; closing with 1008");
+        if let Some(entry) = self.remove(id) {
+            // One close message beyond capacity is the bounded exception: it is sent once, and
+            // the connection gets nothing more from the hub.
+            entry.recipient.do_send(Deliver(Outbound::Close(Close::new(
+                close_code::POLICY_VIOLATION,
+                "outbound queue full: client is not reading",
+            ))));
+        }
+    }
+
+    /// Remove a connection and its memberships; wake shutdown waiters when the hub is empty.
+    fn remove(&mut self, id: &ConnectionId) -> Option<Entry> {
+        let entry = self.connections.remove(id)?;
+        self.stats.connections_closed += 1;
+        for channel in &entry.channels {
+            self.leave_channel(channel, id);
+        }
+        if self.connections.is_empty() {
+            for waiter in self.empty_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+        Some(entry)
+    }
+
+    fn leave_channel(&mut self, channel: &ChannelName, id: &ConnectionId) {
+        if let Some(members) = self.channels.get_mut(channel) {
+            members.remove(id);
+            if members.is_empty() {
+                self.channels.remove(channel);
+            }
+        }
+    }
+
+    fn apply(&mut self, id: &ConnectionId, op: ChannelOp) -> OpOutcome {
+        let Some(entry) = self.connections.get_mut(id) else {
+            return OpOutcome::UnknownConnection;
+        };
+        match op {
+            ChannelOp::Subscribe(channel) => {
+                entry.channels.insert(channel.clone());
+                self.channels.entry(channel).or_default().insert(id.clone());
+                OpOutcome::Subscribed
+            }
+            ChannelOp::Unsubscribe(channel) => {
+                if entry.channels.remove(&channel) {
+                    self.leave_channel(&channel, id);
+                }
+                OpOutcome::Unsubscribed
+            }
+            ChannelOp::Publish {
+                channel,
+                data,
+                exclude_sender,
+                require_subscribed,
+            } => {
+                if require_subscribed && !entry.channels.contains(&channel) {
+                    return OpOutcome::NotSubscribed(channel);
+                }
+                let delivery = self.publish(channel, data, exclude_sender.then_some(id));
+                OpOutcome::Published(delivery)
+            }
+        }
+    }
+
+    fn publish(
+        &mut self,
+        channel: ChannelName,
+        data: serde_json::Value,
+        exclude: Option<&ConnectionId>,
+    ) -> Delivery {
+        let Some(members) = self.channels.get(&channel) else {
+            return Delivery::default();
+        };
+        // The member set is copied so delivery may cut members off while walking it.
+        let targets: Vec<ConnectionId> = members
+            .iter()
+            .filter(|member| Some(*member) != exclude)
+            .cloned()
+            .collect();
+        let publication = Publication::new(Some(channel), data, PublicationKind::Message);
+        self.fan_out(targets.iter(), publication)
+    }
+}
+
+impl Handler<Connect> for Hub {
+    type Result = Result<(), ConnectRefused>;
+
+    fn handle(&mut self, msg: Connect, _: &mut Context<Self>) -> Self::Result {
+        if self.shutting_down {
+            return Err(ConnectRefused::ShuttingDown);
+        }
+        if self.connections.contains_key(&msg.id) {
+            return Err(ConnectRefused::Duplicate);
+        }
+        self.stats.connections_opened += 1;
+        self.connections.insert(
+            msg.id,
+            Entry {
+                recipient: msg.recipient,
+                route: msg.route,
+                remote: msg.remote,
+                since: SystemTime::now(),
+                channels: BTreeSet::new(),
+            },
+        );
+        Ok(())
+    }
+}
+
+impl Handler<Disconnect> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
+        self.remove(&msg.id);
+    }
+}
+
+impl Handler<Apply> for Hub {
+    type Result = MessageResult<Apply>;
+
+    fn handle(&mut self, msg: Apply, _: &mut Context<Self>) -> Self::Result {
+        let outcomes = msg
+            .ops
+            .into_iter()
+            .map(|op| self.apply(&msg.id, op))
+            .collect();
+        MessageResult(outcomes)
+    }
+}
+
+impl Handler<Publish> for Hub {
+    type Result = MessageResult<Publish>;
+
+    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.publish(msg.channel, msg.data, None))
+    }
+}
+
+impl Handler<Broadcast> for Hub {
+    type Result = MessageResult<Broadcast>;
+
+    fn handle(&mut self, msg: Broadcast, _: &mut Context<Self>) -> Self::Result {
+        let targets: Vec<ConnectionId> = self.connections.keys().cloned().collect();
+        let publication = Publication::new(None, msg.data, PublicationKind::Broadcast);
+        MessageResult(self.fan_out(targets.iter(), publication))
+    }
+}
+
+impl Handler<SendTo> for Hub {
+    type Result = Result<(), Undelivered>;
+
+    fn handle(&mut self, msg: SendTo, _: &mut Context<Self>) -> Self::Result {
+        self.deliver(&msg.id, Outbound::Frame(msg.frame))
+    }
+}
+
+impl Handler<CloseConnection> for Hub {
+    type Result = Result<(), Undelivered>;
+
+    fn handle(&mut self, msg: CloseConnection, _: &mut Context<Self>) -> Self::Result {
+        self.deliver(&msg.id, Outbound::Close(msg.close))
+    }
+}
+
+impl Handler<ListConnections> for Hub {
+    type Result = MessageResult<ListConnections>;
+
+    fn handle(&mut self, _: ListConnections, _: &mut Context<Self>) -> Self::Result {
+        let mut list: Vec<ConnectionInfo> = self
+            .connections
+            .iter()
+            .map(|(id, entry)| ConnectionInfo {
+                id: id.clone(),
+                route: entry.route.clone(),
+                remote: entry.remote.clone(),
+                channels: entry.channels.iter().cloned().collect(),
+                connected_since: entry
+                    .since
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            })
+            .collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        MessageResult(list)
+    }
+}
+
+impl Handler<ListChannels> for Hub {
+    type Result = MessageResult<ListChannels>;
+
+    fn handle(&mut self, _: ListChannels, _: &mut Context<Self>) -> Self::Result {
+        let mut list: Vec<ChannelInfo> = self
+            .channels
+            .iter()
+            .map(|(name, members)| ChannelInfo {
+                name: name.clone(),
+                subscribers: members.len(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        MessageResult(list)
+    }
+}
+
+impl Handler<Stats> for Hub {
+    type Result = MessageResult<Stats>;
+
+    fn handle(&mut self, _: Stats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(HubStats {
+            connections: self.connections.len(),
+            channels: self.channels.len(),
+            ..self.stats
+        })
+    }
+}
+
+impl Handler<Shutdown> for Hub {
+    type Result = MessageResult<Shutdown>;
+
+    fn handle(&mut self, msg: Shutdown, _: &mut Context<Self>) -> Self::Result {
+        self.shutting_down = true;
+        let (tx, rx) = oneshot::channel();
+        if self.connections.is_empty() {
+            let _ = tx.send(());
+        } else {
+            self.empty_waiters.push(tx);
+            for entry in self.connections.values() {
+                // Shutdown is the one moment every session gets exactly one message beyond its
+                // queue: the close it must see even when its queue is full.
+                entry
+                    .recipient
+                    .do_send(Deliver(Outbound::Close(msg.close.clone())));
+            }
+        }
+        MessageResult(rx)
+    }
+}

@@ -1,0 +1,25 @@
+//! Switchboard: a WebSocket connection hub. Browsers and devices hold WebSockets on one side,
+//! application backends speak plain HTTP on the other, channels sit in between.
+//!
+//! # Layout
+//! - `main.rs`: the binary: flags, config loading, logging, signals.
+//! - [`config`]: the TOML config, its defaults and validation.
+//! - [`server`]: wiring: listeners, the HTTP apps, graceful shutdown.
+//! - [`hub`]: the hub actor: connection registry, channels, delivery policy (pure state).
+//! - [`session`]: the per-socket actor; the only module that knows the WebSocket library.
+//! - [`dialect`]: one pure codec per route kind (`raw`, `jsonrpc`).
+//! - [`backend`]: where relay routes send frames (loopback echo).
+//! - [`push`]: the push API for backends (HTTP handlers -> hub messages).
+//! - [`channel`], [`connection`]: the values that travel: frames, publications, ids.
+
+pub mod backend;
+pub mod channel;
+pub mod config;
+pub mod connection;
+pub mod dialect;
+pub mod hub;
+pub mod push;
+pub mod server;
+pub mod session;
+
+pub use server::{run, Listeners};

@@ -1,0 +1,328 @@
+//! The push API for backends: HTTP handlers that only translate requests into typed hub
+//! messages and the hub's replies into statuses, always with a JSON body.
+//!
+//! | method and path | body | reply |
+//! |---|---|---|
+//! | `GET /healthz` (no token) | | `{"status": "ok", ...counters}` |
+//! | `GET /api/connections` | | `{"connections": [{id, route, remote, channels, connected_since}]}` |
+//! | `GET /api/channels` | | `{"channels": [{name, subscribers}]}` |
+//! | `POST /api/connections/{id}/send` | `{"text": str}` or `{"binary": base64}` | `{"sent": true}` |
+//! | `POST /api/connections/{id}/close` | `{"code": 1000\|3000-4999, "reason": str}` (optional) | `{"closed": true}` |
+//! | `POST /api/publish` | `{"channel": str, "data": any}` | `{"channel", "reached", "dropped"}` |
+//! | `POST /api/broadcast` | `{"data": any}` | `{"reached", "dropped"}` |
+//!
+//! Errors: 400 malformed body or id, 401 missing/wrong bearer token, 404 unknown connection or
+//! path, 413 body too large, 503 queue full or hub unavailable; each as
+//! `{"error": kind, "message": text}`.
+
+use std::future::{ready, Ready};
+
+use actix::{Addr, MailboxError};
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
+use base64::Engine;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::channel::{close_code, ChannelName, Close, Frame};
+use crate::connection::ConnectionId;
+use crate::hub::{
+    Broadcast, CloseConnection, Hub, ListChannels, ListConnections, Publish, SendTo, Stats,
+    Undelivered,
+};
+
+/// The push API's shared settings, kept in app data.
+pub struct PushSettings {
+    /// The bearer token every `/api` request must carry, if set.
+    pub token: Option<String>,
+    /// The largest request body accepted, in bytes.
+    pub max_body: usize,
+}
+
+/// A push-API failure, mapped to a status and a JSON body.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed body, id or value.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Missing or wrong bearer token.
+    #[error("missing or wrong bearer token: send `Authorization: Bearer <push.token>`")]
+    Unauthorized,
+    /// No such connection or path.
+    #[error("{0}")]
+    NotFound(String),
+    /// The body exceeds the limit.
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    /// The hub could not take the request now.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unauthorized) {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        response.json(json!({"error": self.kind(), "message": self.to_string()}))
+    }
+}
+
+impl From<MailboxError> for ApiError {
+    fn from(_: MailboxError) -> Self {
+        ApiError::Unavailable("the hub is not answering".into())
+    }
+}
+
+impl From<Undelivered> for ApiError {
+    fn from(e: Undelivered) -> Self {
+        match e {
+            Undelivered::UnknownConnection => ApiError::NotFound(e.to_string()),
+            Undelivered::QueueFull => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// Proof that a request carried the configured bearer token (or that none is configured).
+pub struct Authorized;
+
+impl FromRequest for Authorized {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let expected = req
+            .app_data::<web::Data<PushSettings>>()
+            .and_then(|settings| settings.token.as_deref());
+        let Some(expected) = expected else {
+            return ready(Ok(Authorized));
+        };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            ready(Ok(Authorized))
+        } else {
+            ready(Err(ApiError::Unauthorized))
+        }
+    }
+}
+
+/// Register the push API's routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz)).service(
+        web::scope("/api")
+            .route("/connections", web::get().to(list_connections))
+            .route("/channels", web::get().to(list_channels))
+            .route("/connections/{id}/send", web::post().to(send))
+            .route("/connections/{id}/close", web::post().to(close))
+            .route("/publish", web::post().to(publish))
+            .route("/broadcast", web::post().to(broadcast)),
+    );
+}
+
+/// The JSON 404 for paths no route matches.
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no such path: {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+async fn read_json<T: DeserializeOwned>(
+    mut payload: web::Payload,
+    settings: &PushSettings,
+    empty_default: Option<T>,
+) -> Result<T, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
+        if body.len() + chunk.len() > settings.max_body {
+            return Err(ApiError::TooLarge(settings.max_body));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if body.is_empty() {
+        if let Some(default) = empty_default {
+            return Ok(default);
+        }
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+fn connection_id(text: &str) -> Result<ConnectionId, ApiError> {
+    ConnectionId::parse(text).map_err(|e| ApiError::BadRequest(format!("{e}: `{text}`")))
+}
+
+async fn healthz(hub: web::Data<Addr<Hub>>) -> Result<HttpResponse, ApiError> {
+    let stats = hub.send(Stats).await?;
+    let mut body = serde_json::to_value(stats).expect("stats serialize");
+    body["status"] = json!("ok");
+    Ok(HttpResponse::Ok().json(body))
+}
+
+async fn list_connections(
+    _: Authorized,
+    hub: web::Data<Addr<Hub>>,
+) -> Result<HttpResponse, ApiError> {
+    let connections = hub.send(ListConnections).await?;
+    Ok(HttpResponse::Ok().json(json!({"connections": connections})))
+}
+
+async fn list_channels(_: Authorized, hub: web::Data<Addr<Hub>>) -> Result<HttpResponse, ApiError> {
+    let channels = hub.send(ListChannels).await?;
+    Ok(HttpResponse::Ok().json(json!({"channels": channels})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    text: Option<String>,
+    binary: Option<String>,
+}
+
+async fn send(
+    _: Authorized,
+    hub: web::Data<Addr<Hub>>,
+    settings: web::Data<PushSettings>,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let id = connection_id(&id)?;
+    let body: SendBody = read_json(payload, &settings, None).await?;
+    let frame = match (body.text, body.binary) {
+        (Some(text), None) => Frame::text(text),
+        (None, Some(encoded)) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded.as_bytes())
+                .map_err(|e| ApiError::BadRequest(format!("`binary` is not valid base64: {e}")))?;
+            Frame::Binary(bytes.into())
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of `text` (a string) or `binary` (base64)".into(),
+            ))
+        }
+    };
+    hub.send(SendTo { id, frame }).await??;
+    Ok(HttpResponse::Ok().json(json!({"sent": true})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloseBody {
+    #[serde(default = "normal_close")]
+    code: u16,
+    #[serde(default)]
+    reason: String,
+}
+
+fn normal_close() -> u16 {
+    close_code::NORMAL
+}
+
+async fn close(
+    _: Authorized,
+    hub: web::Data<Addr<Hub>>,
+    settings: web::Data<PushSettings>,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let id = connection_id(&id)?;
+    let default = CloseBody {
+        code: close_code::NORMAL,
+        reason: String::new(),
+    };
+    let body: CloseBody = read_json(payload, &settings, Some(default)).await?;
+    if !close_code::is_sendable(body.code) {
+        return Err(ApiError::BadRequest(format!(
+            "close code {} is not allowed: use 1000 or 3000-4999",
+            body.code
+        )));
+    }
+    if body.reason.len() > crate::channel::MAX_CLOSE_REASON {
+        return Err(ApiError::BadRequest(format!(
+            "close reason is longer than {} bytes",
+            crate::channel::MAX_CLOSE_REASON
+        )));
+    }
+    let close = Close::new(body.code, body.reason);
+    hub.send(CloseConnection { id, close }).await??;
+    Ok(HttpResponse::Ok().json(json!({"closed": true})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    channel: String,
+    data: serde_json::Value,
+}
+
+async fn publish(
+    _: Authorized,
+    hub: web::Data<Addr<Hub>>,
+    settings: web::Data<PushSettings>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body: PublishBody = read_json(payload, &settings, None).await?;
+    let channel = ChannelName::parse(&body.channel)
+        .map_err(|e| ApiError::BadRequest(format!("`channel`: {e}")))?;
+    let delivery = hub
+        .send(Publish {
+            channel: channel.clone(),
+            data: body.data,
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "channel": channel,
+        "reached": delivery.reached,
+        "dropped": delivery.dropped,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastBody {
+    data: serde_json::Value,
+}
+
+async fn broadcast(
+    _: Authorized,
+    hub: web::Data<Addr<Hub>>,
+    settings: web::Data<PushSettings>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body: BroadcastBody = read_json(payload, &settings, None).await?;
+    let delivery = hub.send(Broadcast { data: body.data }).await?;
+    Ok(HttpResponse::Ok().json(delivery))
+}

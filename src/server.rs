@@ -1,0 +1,189 @@
+//! Wiring: binds the listeners, starts the hub once, builds the HTTP apps (WebSocket routes,
+//! sample page, push API) and runs the graceful shutdown: stop accepting, close every socket
+//! with 1001, wait for the registry to empty within the deadline, then stop the servers.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix::{Actor, Addr};
+use actix_web::{web, App, HttpResponse, HttpServer};
+use anyhow::Context as _;
+
+use crate::backend::Backend;
+use crate::channel::{close_code, Close};
+use crate::config::Config;
+use crate::hub::{Hub, Shutdown, Stats};
+use crate::push::{self, PushSettings};
+use crate::session::{self, RouteContext};
+
+/// The sample page, embedded so the binary serves it from any working directory.
+const PAGE: &str = include_str!("../static/index.html");
+
+/// Room for the JSON and base64 around the largest frame a push request may carry.
+const PUSH_BODY_OVERHEAD: usize = 64 * 1024;
+
+/// The bound sockets the server runs on (bound before the server starts, so tests can bind
+/// port 0 and read the real address).
+pub struct Listeners {
+    /// WebSocket routes and the sample page (and the push API when the addresses are equal).
+    pub websocket: TcpListener,
+    /// The push API, when it has a listener of its own.
+    pub push: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Bind the addresses in `config`.
+    pub fn bind(config: &Config) -> anyhow::Result<Self> {
+        let websocket = TcpListener::bind(config.server.listen.0).with_context(|| {
+            format!("cannot listen on server.listen = {}", config.server.listen)
+        })?;
+        let push = if config.shares_listener() {
+            None
+        } else {
+            Some(TcpListener::bind(config.push.listen.0).with_context(|| {
+                format!("cannot listen on push.listen = {}", config.push.listen)
+            })?)
+        };
+        Ok(Self { websocket, push })
+    }
+
+    /// The bound WebSocket address.
+    pub fn websocket_addr(&self) -> std::io::Result<SocketAddr> {
+        self.websocket.local_addr()
+    }
+
+    /// The bound push-API address.
+    pub fn push_addr(&self) -> std::io::Result<SocketAddr> {
+        match &self.push {
+            Some(listener) => listener.local_addr(),
+            None => self.websocket.local_addr(),
+        }
+    }
+}
+
+async fn page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(PAGE)
+}
+
+/// Run the hub until `shutdown` resolves, then shut down gracefully. Must run inside an actix
+/// system.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    // One hub for the whole process, started before the servers; workers get its address.
+    let hub = Hub::new().start();
+    let hub_data = web::Data::new(hub.clone());
+    let routes: Vec<web::Data<RouteContext>> = config
+        .routes
+        .iter()
+        .map(|route| {
+            web::Data::new(RouteContext {
+                path: Arc::from(route.path.as_str()),
+                dialect: route.dialect,
+                limits: config.limits.clone(),
+                hub: hub.clone(),
+            })
+        })
+        .collect();
+    let push_settings = web::Data::new(PushSettings {
+        token: config.push.token.clone(),
+        max_body: config.limits.max_message_size / 3 * 4 + PUSH_BODY_OVERHEAD,
+    });
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let shared = config.shares_listener();
+    let shutdown_timeout = config.shutdown_timeout().as_secs().max(1);
+
+    let ws_server = {
+        let config = config.clone();
+        let hub_data = hub_data.clone();
+        let push_settings = push_settings.clone();
+        HttpServer::new(move || {
+            let backend = web::Data::new(Backend::for_worker(&config.backend));
+            let mut app = App::new().app_data(backend).app_data(hub_data.clone());
+            for route in &routes {
+                app = app.service(
+                    web::resource(&*route.path)
+                        .app_data(route.clone())
+                        .route(web::get().to(session::upgrade)),
+                );
+            }
+            if config.server.page {
+                app = app.route("/", web::get().to(page));
+            }
+            if shared {
+                app = app
+                    .app_data(push_settings.clone())
+                    .configure(push::configure);
+            }
+            app.default_service(web::to(push::not_found))
+        })
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(shutdown_timeout)
+        .listen(listeners.websocket)?
+        .run()
+    };
+    let ws_handle = ws_server.handle();
+    let ws_task = actix_web::rt::spawn(ws_server);
+
+    let push_task = match listeners.push {
+        Some(listener) => {
+            let hub_data = hub_data.clone();
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(hub_data.clone())
+                    .app_data(push_settings.clone())
+                    .configure(push::configure)
+                    .default_service(web::to(push::not_found))
+            })
+            .workers(1)
+            .disable_signals()
+            .listen(listener)?
+            .run();
+            let handle = server.handle();
+            Some((handle, actix_web::rt::spawn(server)))
+        }
+        None => None,
+    };
+
+    shutdown.await;
+    drain(&hub, &config).await;
+    ws_handle.stop(false).await;
+    let _ = ws_task.await;
+    if let Some((handle, task)) = push_task {
+        handle.stop(true).await;
+        let _ = task.await;
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+/// Close every socket with 1001 and wait until the hub's registry is empty or the deadline
+/// passes.
+async fn drain(hub: &Addr<Hub>, config: &Config) {
+    let deadline = config.shutdown_timeout();
+    let open = hub.send(Stats).await.map(|s| s.connections).unwrap_or(0);
+    log::info!("shutting down: closing {open} connection(s) with 1001 (deadline {deadline:?})");
+    let close = Close::new(close_code::GOING_AWAY, "server shutting down");
+    let Ok(empty) = hub.send(Shutdown { close }).await else {
+        log::error!("the hub stopped before shutdown");
+        return;
+    };
+    if tokio::time::timeout(deadline, empty).await.is_err() {
+        let left = hub.send(Stats).await.map(|s| s.connections).unwrap_or(0);
+        log::warn!(
+            "shutdown deadline {deadline:?} overrun: {left} connection(s) still open; stopping anyway"
+        );
+    } else {
+        log::info!("all connections closed");
+    }
+}

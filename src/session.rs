@@ -1,0 +1,359 @@
+//! The session actor, one per WebSocket: the heartbeat, the size and UTF-8 limits, fragment
+//! reassembly, and frames in and out. This is the only module that knows the WebSocket library
+//! (actix-web-actors); the rest of the hub sees [`Frame`]s and [`Close`]s.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use actix_http::ws::Item;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use bytes::BytesMut;
+use bytestring::ByteString;
+
+use crate::backend::{Backend, Relayed};
+use crate::channel::{close_code, Close, Frame};
+use crate::config::LimitsConfig;
+use crate::connection::ConnectionId;
+use crate::dialect::{Action, Dialect, DialectKind};
+use crate::hub::{Apply, Connect, ConnectRefused, Deliver, Disconnect, Hub, Outbound};
+
+/// What every session of one route shares.
+pub struct RouteContext {
+    /// The route path, e.g. `/ws`.
+    pub path: Arc<str>,
+    /// The dialect its clients speak.
+    pub dialect: DialectKind,
+    /// Per-connection limits and the heartbeat.
+    pub limits: LimitsConfig,
+    /// The hub every session registers with.
+    pub hub: Addr<Hub>,
+}
+
+/// A message being received in fragments.
+struct Fragments {
+    /// Text (validated as UTF-8) or binary.
+    text: bool,
+    /// The payload so far.
+    buf: BytesMut,
+    /// How many leading bytes of `buf` are known to be valid UTF-8.
+    checked: usize,
+}
+
+/// One WebSocket connection.
+pub struct Session {
+    id: ConnectionId,
+    route: Arc<RouteContext>,
+    remote: Option<Arc<str>>,
+    dialect: Dialect,
+    backend: Backend,
+    /// When the client last showed it is alive (any frame, ping or pong).
+    last_seen: Instant,
+    /// A fragmented message being joined.
+    fragments: Option<Fragments>,
+    /// The close code of the close handshake, once one started (logged on disconnect).
+    close_code: Option<u16>,
+}
+
+/// Upgrade an HTTP request on a route to a WebSocket session.
+pub async fn upgrade(
+    req: HttpRequest,
+    stream: web::Payload,
+    route: web::Data<RouteContext>,
+    backend: web::Data<Backend>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let id = ConnectionId::generate();
+    let remote = req.peer_addr().map(|addr| Arc::from(addr.to_string()));
+    let session = Session {
+        dialect: Dialect::new(route.dialect, &id),
+        id,
+        route: route.into_inner(),
+        remote,
+        backend: backend.get_ref().clone(),
+        last_seen: Instant::now(),
+        fragments: None,
+        close_code: None,
+    };
+    let max = session.route.limits.max_message_size;
+    ws::WsResponseBuilder::new(session, &req, stream)
+        .frame_size(max)
+        .start()
+}
+
+impl Actor for Session {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.route.limits.outbound_queue);
+        log::info!(
+            "connect id={} route={} remote={}",
+            self.id,
+            self.route.path,
+            self.remote.as_deref().unwrap_or("-")
+        );
+        let connect = Connect {
+            id: self.id.clone(),
+            route: self.route.path.clone(),
+            remote: self.remote.clone(),
+            recipient: ctx.address().recipient(),
+        };
+        self.route
+            .hub
+            .send(connect)
+            .into_actor(self)
+            .map(|result, act, ctx| match result {
+                Ok(Ok(())) => {}
+                Ok(Err(ConnectRefused::ShuttingDown)) => act.close(
+                    ctx,
+                    Close::new(close_code::GOING_AWAY, "server shutting down"),
+                ),
+                Ok(Err(refused)) => act.close(
+                    ctx,
+                    Close::new(close_code::TRY_AGAIN_LATER, refused.to_string()),
+                ),
+                Err(_) => act.close(
+                    ctx,
+                    Close::new(close_code::INTERNAL_ERROR, "hub unavailable"),
+                ),
+            })
+            .spawn(ctx);
+        self.heartbeat(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.route.hub.do_send(Disconnect {
+            id: self.id.clone(),
+        });
+        log::info!(
+            "disconnect id={} route={} remote={} code={}",
+            self.id,
+            self.route.path,
+            self.remote.as_deref().unwrap_or("-"),
+            self.close_code.unwrap_or(close_code::ABNORMAL)
+        );
+    }
+}
+
+impl Session {
+    /// Ping every interval; close a connection silent for longer than the timeout.
+    fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        let limits = &self.route.limits;
+        let timeout = limits.heartbeat_timeout();
+        ctx.run_interval(limits.heartbeat_interval(), move |act, ctx| {
+            if act.last_seen.elapsed() > timeout {
+                log::info!("id={} heartbeat timeout after {:?}", act.id, timeout);
+                act.close(ctx, Close::new(close_code::GOING_AWAY, "heartbeat timeout"));
+            } else {
+                ctx.ping(b"");
+            }
+        });
+    }
+
+    /// Send a close frame and stop.
+    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, close: Close) {
+        if self.close_code.is_none() {
+            self.close_code = Some(close.code);
+        }
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::from(close.code),
+            description: (!close.reason.is_empty()).then_some(close.reason),
+        }));
+        ctx.stop();
+    }
+
+    fn write(ctx: &mut ws::WebsocketContext<Self>, frame: Frame) {
+        match frame {
+            Frame::Text(text) => ctx.text(text),
+            Frame::Binary(bytes) => ctx.binary(bytes),
+        }
+    }
+
+    /// A whole message arrived: let the dialect decide what it means.
+    fn on_frame(&mut self, ctx: &mut ws::WebsocketContext<Self>, frame: Frame) {
+        match self.dialect.decode(frame) {
+            Action::Relay(frame) => match self.backend.relay(frame) {
+                Relayed::Reply(reply) => Self::write(ctx, reply),
+            },
+            Action::Hub { ops, reply } => {
+                let apply = Apply {
+                    id: self.id.clone(),
+                    ops,
+                };
+                self.route
+                    .hub
+                    .send(apply)
+                    .into_actor(self)
+                    .map(|result, act, ctx| match result {
+                        Ok(outcomes) => {
+                            if let Some(frame) = reply.render(outcomes) {
+                                Self::write(ctx, frame);
+                            }
+                        }
+                        Err(_) => act.close(
+                            ctx,
+                            Close::new(close_code::INTERNAL_ERROR, "hub unavailable"),
+                        ),
+                    })
+                    .spawn(ctx);
+            }
+            Action::Reply(frame) => Self::write(ctx, frame),
+            Action::Close(close) => self.close(ctx, close),
+            Action::Ignore => {}
+        }
+    }
+
+    /// A fragment arrived: join it, enforcing the size limit and UTF-8 as it goes.
+    fn on_fragment(&mut self, ctx: &mut ws::WebsocketContext<Self>, item: Item) {
+        let (first, data, last) = match item {
+            Item::FirstText(data) => (Some(true), data, false),
+            Item::FirstBinary(data) => (Some(false), data, false),
+            Item::Continue(data) => (None, data, false),
+            Item::Last(data) => (None, data, true),
+        };
+        let fragments = match (first, self.fragments.as_mut()) {
+            (Some(text), None) => self.fragments.insert(Fragments {
+                text,
+                buf: BytesMut::new(),
+                checked: 0,
+            }),
+            (None, Some(fragments)) => fragments,
+            (Some(_), Some(_)) | (None, None) => {
+                return self.close(
+                    ctx,
+                    Close::new(close_code::PROTOCOL_ERROR, "unexpected continuation frame"),
+                )
+            }
+        };
+        if fragments.buf.len() + data.len() > self.route.limits.max_message_size {
+            return self.close(
+                ctx,
+                Close::new(close_code::MESSAGE_TOO_BIG, "message too big"),
+            );
+        }
+        fragments.buf.extend_from_slice(&data);
+        if fragments.text && !utf8_prefix_ok(fragments, last) {
+            return self.close(
+                ctx,
+                Close::new(close_code::INVALID_PAYLOAD, "text is not valid UTF-8"),
+            );
+        }
+        if last {
+            let fragments = self.fragments.take().expect("fragments in progress");
+            let bytes = fragments.buf.freeze();
+            let frame = if fragments.text {
+                match ByteString::try_from(bytes) {
+                    Ok(text) => Frame::Text(text),
+                    Err(_) => {
+                        return self.close(
+                            ctx,
+                            Close::new(close_code::INVALID_PAYLOAD, "text is not valid UTF-8"),
+                        )
+                    }
+                }
+            } else {
+                Frame::Binary(bytes)
+            };
+            self.on_frame(ctx, frame);
+        }
+    }
+}
+
+/// Check the UTF-8 of a text message being joined, as far as it has arrived. A sequence cut at
+/// the end of a fragment is fine unless this is the last fragment; an invalid one fails at once.
+fn utf8_prefix_ok(fragments: &mut Fragments, last: bool) -> bool {
+    match std::str::from_utf8(&fragments.buf[fragments.checked..]) {
+        Ok(_) => {
+            fragments.checked = fragments.buf.len();
+            true
+        }
+        Err(e) if e.error_len().is_none() && !last => {
+            fragments.checked += e.valid_up_to();
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_seen = Instant::now();
+        let msg = match msg {
+            Ok(msg) => msg,
+            Err(err) => return self.on_protocol_error(ctx, err),
+        };
+        match msg {
+            ws::Message::Ping(payload) => ctx.pong(&payload),
+            ws::Message::Pong(_) | ws::Message::Nop => {}
+            ws::Message::Text(_) | ws::Message::Binary(_) if self.fragments.is_some() => {
+                self.close(
+                    ctx,
+                    Close::new(
+                        close_code::PROTOCOL_ERROR,
+                        "new message before the fragmented one ended",
+                    ),
+                );
+            }
+            ws::Message::Text(text) => self.on_frame(ctx, Frame::Text(text)),
+            ws::Message::Binary(bytes) => self.on_frame(ctx, Frame::Binary(bytes)),
+            ws::Message::Continuation(item) => self.on_fragment(ctx, item),
+            ws::Message::Close(reason) => {
+                // Echo the client's close code (RFC 6455 §5.5.1) and stop.
+                self.close_code = Some(
+                    reason
+                        .as_ref()
+                        .map_or(close_code::NO_STATUS, |r| r.code.into()),
+                );
+                ctx.close(reason.map(|r| ws::CloseReason {
+                    code: r.code,
+                    description: None,
+                }));
+                ctx.stop();
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        // The TCP stream ended; without a close frame this is an abnormal closure (1006).
+        ctx.stop();
+    }
+}
+
+impl Session {
+    fn on_protocol_error(&mut self, ctx: &mut ws::WebsocketContext<Self>, err: ws::ProtocolError) {
+        let close = match &err {
+            ws::ProtocolError::Overflow => {
+                Close::new(close_code::MESSAGE_TOO_BIG, "message too big")
+            }
+            // actix-web-actors reports text that is not UTF-8 as an I/O error naming UTF-8.
+            ws::ProtocolError::Io(e) if e.to_string().to_ascii_lowercase().contains("utf-8") => {
+                Close::new(close_code::INVALID_PAYLOAD, "text is not valid UTF-8")
+            }
+            ws::ProtocolError::Io(e) => {
+                log::debug!("id={} read error: {e}", self.id);
+                ctx.stop();
+                return;
+            }
+            other => Close::new(
+                close_code::PROTOCOL_ERROR,
+                format!("protocol error: {other}"),
+            ),
+        };
+        log::debug!("id={} closing with {}: {err}", self.id, close.code);
+        self.close(ctx, close);
+    }
+}
+
+impl Handler<Deliver> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        match msg.0 {
+            Outbound::Frame(frame) => Self::write(ctx, frame),
+            Outbound::Publication(publication) => {
+                Self::write(ctx, self.dialect.encode(&publication))
+            }
+            Outbound::Close(close) => self.close(ctx, close),
+        }
+    }
+}
