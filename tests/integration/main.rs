@@ -1,2 +1,11 @@
-#[test]
-fn placeholder() {}
+//! Switchboard's integration tests: one binary (linking actix is slow), one module per area.
+//! Every test starts the real `switchboard` binary on throwaway ports and talks to it over real
+//! sockets: WebSockets through tokio-tungstenite (a different library from the server's) and the
+//! push API through awc.
+
+mod config;
+mod echo;
+mod harness;
+mod jsonrpc;
+mod lifecycle;
+mod push_api;

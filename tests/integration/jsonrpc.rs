@@ -1,0 +1,231 @@
+//! The JSON-RPC (RocketWS) route through real sockets.
+
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+fn request(id: i64, method: &str, params: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+}
+
+#[actix_web::test]
+async fn results_match_rocketws() {
+    let hub = start(&demo_config(""));
+    let mut a = connect(&hub.ws_url("/rpc")).await;
+    let mut b = connect(&hub.ws_url("/rpc")).await;
+    let mut c = connect(&hub.ws_url("/rpc")).await;
+
+    let reply = call(&mut a, request(0, "subscribe", json!({"channel": "chat"}))).await;
+    assert_eq!(
+        reply,
+        json!({"jsonrpc": "2.0", "result": "subscribed", "id": 0})
+    );
+    let reply = call(&mut a, request(1, "subscribe", json!({"channel": "chat"}))).await;
+    assert_eq!(reply["result"], "subscribed", "subscribe is idempotent");
+    assert_eq!(
+        call(&mut b, request(1, "subscribe", json!({"channel": "chat"}))).await["result"],
+        "subscribed"
+    );
+    assert_eq!(
+        call(&mut c, request(1, "subscribe", json!({"channel": "other"}))).await["result"],
+        "subscribed"
+    );
+
+    let reply = call(
+        &mut a,
+        request(
+            2,
+            "send_data",
+            json!({"channel": "chat", "data": {"message": "hola!"}}),
+        ),
+    )
+    .await;
+    assert_eq!(reply["result"], "emitted: 1", "the sender is excluded");
+    let delivery = next_json(&mut b).await;
+    assert_eq!(delivery["message"], "hola!");
+    assert_eq!(delivery["__type"], "message");
+    assert!(delivery["__ts"].as_u64().unwrap() > 1_700_000_000);
+
+    let reply = call(&mut a, request(3, "heartbeat", json!({}))).await;
+    assert_eq!(reply["result"], json!({"heartbeat": "ok"}));
+
+    let reply = call(
+        &mut a,
+        request(4, "unsubscribe", json!({"channel": "chat"})),
+    )
+    .await;
+    assert_eq!(reply["result"], "unsubscribed");
+    let reply = call(
+        &mut a,
+        request(5, "unsubscribe", json!({"channel": "never"})),
+    )
+    .await;
+    assert_eq!(
+        reply["result"], "unsubscribed",
+        "unsubscribe when not subscribed is fine"
+    );
+
+    let reply = call(
+        &mut a,
+        request(6, "send_data", json!({"channel": "chat", "data": {}})),
+    )
+    .await;
+    assert_eq!(reply["error"]["code"], -32000);
+    assert!(reply["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("is not a subscriber of the channel `chat`"));
+
+    // c, on another channel, got nothing: its next frame is the reply to its own call.
+    assert_eq!(
+        call(&mut c, request(9, "heartbeat", json!({}))).await["id"],
+        9
+    );
+}
+
+#[actix_web::test]
+async fn errors_batches_and_notifications() {
+    let hub = start(&demo_config(""));
+    let mut ws = connect(&hub.ws_url("/rpc")).await;
+
+    send_text(&mut ws, "{broken").await;
+    let reply = next_json(&mut ws).await;
+    assert_eq!(reply["error"]["code"], -32700);
+    assert_eq!(reply["id"], Value::Null);
+
+    let cases = [
+        (json!({"id": 1, "method": "heartbeat"}), -32600),
+        (json!("just a string"), -32600),
+        (
+            json!({"jsonrpc": "2.0", "id": 1, "method": "explode"}),
+            -32601,
+        ),
+        (request(1, "subscribe", json!(["chat"])), -32602),
+        (request(1, "subscribe", json!({"channel": 42})), -32602),
+        (request(1, "subscribe", json!({})), -32602),
+        (
+            request(
+                1,
+                "send_data",
+                json!({"channel": "c", "data": "not an object"}),
+            ),
+            -32602,
+        ),
+    ];
+    for (req, code) in cases {
+        let reply = call(&mut ws, req.clone()).await;
+        assert_eq!(reply["error"]["code"], code, "request {req}");
+        assert!(!reply["error"]["message"].as_str().unwrap().is_empty());
+    }
+
+    // A notification is carried out but not answered: the next frame answers the next request.
+    send_text(
+        &mut ws,
+        &json!({"jsonrpc": "2.0", "method": "subscribe", "params": {"channel": "n"}}).to_string(),
+    )
+    .await;
+    send_text(
+        &mut ws,
+        &json!({"jsonrpc": "2.0", "method": "nope"}).to_string(),
+    )
+    .await;
+    let reply = call(&mut ws, request(10, "heartbeat", json!({}))).await;
+    assert_eq!(reply["id"], 10);
+    let channels = get(&hub, "/api/channels").await.json;
+    assert_eq!(
+        channels["channels"],
+        json!([{"name": "n", "subscribers": 1}])
+    );
+
+    let reply = call(
+        &mut ws,
+        json!([
+            request(20, "subscribe", json!({"channel": "b1"})),
+            {"jsonrpc": "2.0", "method": "subscribe", "params": {"channel": "b2"}},
+            request(21, "heartbeat", json!({})),
+            request(22, "nope", json!({})),
+            5
+        ]),
+    )
+    .await;
+    let items = reply.as_array().expect("a batch is answered with an array");
+    assert_eq!(items.len(), 4);
+    assert_eq!(
+        (items[0]["id"].clone(), items[0]["result"].clone()),
+        (json!(20), json!("subscribed"))
+    );
+    assert_eq!(items[1]["id"], 21);
+    assert_eq!(items[2]["error"]["code"], -32601);
+    assert_eq!(items[3]["error"]["code"], -32600);
+
+    let reply = call(&mut ws, json!([])).await;
+    assert_eq!(reply["error"]["code"], -32600);
+
+    // The connection survived all of it.
+    assert_eq!(
+        call(&mut ws, request(30, "heartbeat", json!({}))).await["result"]["heartbeat"],
+        "ok"
+    );
+}
+
+#[actix_web::test]
+async fn publish_reaches_exactly_the_subscribers() {
+    let hub = start(&demo_config(""));
+    let mut subscribers = Vec::new();
+    for _ in 0..3 {
+        let mut ws = connect(&hub.ws_url("/rpc")).await;
+        call(&mut ws, request(1, "subscribe", json!({"channel": "news"}))).await;
+        subscribers.push(ws);
+    }
+    let mut outsider = connect(&hub.ws_url("/rpc")).await;
+    call(
+        &mut outsider,
+        request(1, "subscribe", json!({"channel": "sports"})),
+    )
+    .await;
+    let mut leaver = connect(&hub.ws_url("/rpc")).await;
+    call(
+        &mut leaver,
+        request(1, "subscribe", json!({"channel": "news"})),
+    )
+    .await;
+    call(
+        &mut leaver,
+        request(2, "unsubscribe", json!({"channel": "news"})),
+    )
+    .await;
+
+    let reply = post(
+        &hub,
+        "/api/publish",
+        &json!({"channel": "news", "data": {"n": 1}}),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.json,
+        json!({"channel": "news", "reached": 3, "dropped": 0})
+    );
+    for ws in &mut subscribers {
+        let delivery = next_json(ws).await;
+        assert_eq!(
+            (delivery["n"].clone(), delivery["__type"].clone()),
+            (json!(1), json!("message"))
+        );
+    }
+    for ws in [&mut outsider, &mut leaver] {
+        assert_eq!(
+            call(ws, request(7, "heartbeat", json!({}))).await["id"],
+            7,
+            "no delivery expected"
+        );
+    }
+
+    let reply = post(&hub, "/api/broadcast", &json!({"data": {"alert": true}})).await;
+    assert_eq!(reply.json["reached"], 5);
+    for ws in subscribers.iter_mut().chain([&mut outsider, &mut leaver]) {
+        let delivery = next_json(ws).await;
+        assert_eq!(delivery["__type"], "broadcast");
+        assert_eq!(delivery["alert"], true);
+    }
+}
