@@ -156,6 +156,8 @@ pub async fn run(
     };
 
     shutdown.await;
+    // Stop accepting first, so no new socket arrives while the old ones are being closed.
+    ws_handle.pause().await;
     drain(&hub, &config).await;
     ws_handle.stop(false).await;
     let _ = ws_task.await;
