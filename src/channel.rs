@@ -62,6 +62,9 @@ pub mod close_code {
     /// The server is overloaded; try again later.
     pub const TRY_AGAIN_LATER: u16 = 1013;
 
+    /// A newer connection with the same client-chosen id took over (ws2api routes).
+    pub const REPLACED: u16 = 4001;
+
     /// Whether an application may send this code in a close frame (1000, or 3000-4999).
     pub fn is_sendable(code: u16) -> bool {
         code == NORMAL || (3000..=4999).contains(&code)

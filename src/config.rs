@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub workers: usize,
     /// How long a graceful shutdown waits for every socket to close before it gives up.
     pub shutdown_timeout_ms: u64,
+    /// Reverse proxies (e.g. nginx) whose X-Forwarded-For header gives the client's address.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +55,7 @@ impl Default for ServerConfig {
             page: true,
             workers: 0,
             shutdown_timeout_ms: 5_000,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -114,11 +117,58 @@ impl LimitsConfig {
 }
 
 /// The `[backend]` section.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
     /// Which backend receives the frames of relay routes.
     pub kind: BackendKind,
+    /// The http backend's request format.
+    pub format: RelayFormat,
+    /// socketdock: the message URL; ws2api: the API base URL (`{url}/{id}`).
+    pub url: Option<String>,
+    /// socketdock: optional URL told about each new connection.
+    pub connect_url: Option<String>,
+    /// socketdock: URL told about each ended connection.
+    pub disconnect_url: Option<String>,
+    /// socketdock: the push API's public base URL (SocketDock's `--endpoint`), used to build
+    /// `meta.send` and `meta.disconnect` so backends push to the right instance.
+    pub external_url: Option<String>,
+    /// Timeout for opening a TCP connection to the backend.
+    pub connect_timeout_ms: u64,
+    /// Deadline for one callout, retries included.
+    pub request_timeout_ms: u64,
+    /// Callouts one worker thread may have in flight; more are refused (the client is told).
+    pub max_in_flight: usize,
+    /// Frames one connection may have waiting for the backend before it is closed with 1008.
+    pub max_pending_per_connection: usize,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            kind: BackendKind::Loopback,
+            format: RelayFormat::SocketDock,
+            url: None,
+            connect_url: None,
+            disconnect_url: None,
+            external_url: None,
+            connect_timeout_ms: 2_000,
+            request_timeout_ms: 10_000,
+            max_in_flight: 4_096,
+            max_pending_per_connection: 64,
+        }
+    }
+}
+
+/// How the http backend talks to the application.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayFormat {
+    /// SocketDock's JSON envelopes and `/socket/{id}/send` push paths.
+    #[default]
+    SocketDock,
+    /// ws2api's connect check, raw POST per frame, DELETE on close, `POST /{id}` push.
+    Ws2Api,
 }
 
 /// The backends a relay route can use.
@@ -128,6 +178,8 @@ pub enum BackendKind {
     /// Echo every frame back to its sender (demos, conformance runs).
     #[default]
     Loopback,
+    /// Relay frames to an HTTP application (see `format`).
+    Http,
 }
 
 /// One `[[routes]]` entry.
@@ -303,6 +355,50 @@ impl Config {
                 ))
             }
             _ => {}
+        }
+        if self.backend.kind == BackendKind::Http {
+            let backend = &self.backend;
+            let urls = [
+                ("backend.url", &backend.url),
+                ("backend.connect_url", &backend.connect_url),
+                ("backend.disconnect_url", &backend.disconnect_url),
+            ];
+            for (key, url) in urls {
+                if let Some(url) = url {
+                    // Plain http: TLS to the backend is not built in (a sidecar or the
+                    // backend's own proxy terminates it).
+                    if !url.starts_with("http://") || url.parse::<awc::http::Uri>().is_err() {
+                        return Err(invalid(key, format!("`{url}` is not an http:// URL")));
+                    }
+                }
+            }
+            if let Some(url) = &backend.external_url {
+                // Only put into URLs the application calls; it may well be https behind a proxy.
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(invalid(
+                        "backend.external_url",
+                        format!("`{url}` is not an http:// or https:// URL"),
+                    ));
+                }
+            }
+            if backend.url.is_none() {
+                return Err(invalid(
+                    "backend.url",
+                    "is required when backend.kind = \"http\"".into(),
+                ));
+            }
+            if backend.request_timeout_ms == 0 || backend.connect_timeout_ms == 0 {
+                return Err(invalid(
+                    "backend.request_timeout_ms",
+                    "timeouts must be greater than 0".into(),
+                ));
+            }
+            if backend.max_in_flight == 0 || backend.max_pending_per_connection == 0 {
+                return Err(invalid(
+                    "backend.max_in_flight",
+                    "limits must be greater than 0".into(),
+                ));
+            }
         }
         if self.routes.is_empty() {
             return Err(invalid("routes", "at least one route is needed".into()));

@@ -51,6 +51,10 @@ pub struct Connect {
     pub remote: Option<Arc<str>>,
     /// Where deliveries for it go.
     pub recipient: Recipient<Deliver>,
+    /// Unique per session, so a replaced session's late `Disconnect` cannot remove its successor.
+    pub serial: u64,
+    /// On a duplicate id: replace the live connection (closed with 4001) instead of refusing.
+    pub replace: bool,
 }
 
 /// Why the hub refused to register a connection.
@@ -70,6 +74,8 @@ pub enum ConnectRefused {
 pub struct Disconnect {
     /// The connection that ended.
     pub id: ConnectionId,
+    /// The session's serial (see [`Connect::serial`]).
+    pub serial: u64,
 }
 
 /// One channel operation a client asked for through its dialect.
@@ -243,6 +249,7 @@ pub struct Shutdown {
 /// One registered connection.
 struct Entry {
     recipient: Recipient<Deliver>,
+    serial: u64,
     route: Arc<str>,
     remote: Option<Arc<str>>,
     since: SystemTime,
@@ -423,13 +430,28 @@ impl Handler<Connect> for Hub {
             return Err(ConnectRefused::ShuttingDown);
         }
         if self.connections.contains_key(&msg.id) {
-            return Err(ConnectRefused::Duplicate);
+            if !msg.replace {
+                return Err(ConnectRefused::Duplicate);
+            }
+            // The newer connection wins; the older one is told why and forgotten at once, so a
+            // push always reaches the live connection and no orphan entry is left behind.
+            if let Some(old) = self.remove(&msg.id) {
+                log::info!(
+                    "id={} replaced by a newer connection with the same id",
+                    msg.id
+                );
+                old.recipient.do_send(Deliver(Outbound::Close(Close::new(
+                    close_code::REPLACED,
+                    "replaced by a newer connection with the same id",
+                ))));
+            }
         }
         self.stats.connections_opened += 1;
         self.connections.insert(
             msg.id,
             Entry {
                 recipient: msg.recipient,
+                serial: msg.serial,
                 route: msg.route,
                 remote: msg.remote,
                 since: SystemTime::now(),
@@ -444,7 +466,9 @@ impl Handler<Disconnect> for Hub {
     type Result = ();
 
     fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
-        self.remove(&msg.id);
+        if self.connections.get(&msg.id).map(|e| e.serial) == Some(msg.serial) {
+            self.remove(&msg.id);
+        }
     }
 }
 

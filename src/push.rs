@@ -27,6 +27,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::channel::{close_code, ChannelName, Close, Frame};
+use crate::config::RelayFormat;
 use crate::connection::ConnectionId;
 use crate::hub::{
     Broadcast, CloseConnection, Hub, ListChannels, ListConnections, Publish, SendTo, Stats,
@@ -136,8 +137,21 @@ impl FromRequest for Authorized {
     }
 }
 
-/// Register the push API's routes.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// Register the push API's routes, with the compatibility paths of the relay format, if any.
+pub fn configure(cfg: &mut web::ServiceConfig, relay: Option<RelayFormat>) {
+    match relay {
+        Some(RelayFormat::SocketDock) => {
+            cfg.route("/socket/{id}/send", web::post().to(socketdock_send))
+                .route(
+                    "/socket/{id}/disconnect",
+                    web::post().to(socketdock_disconnect),
+                );
+        }
+        Some(RelayFormat::Ws2Api) => {
+            cfg.route("/{id}", web::post().to(ws2api_push));
+        }
+        None => {}
+    }
     cfg.route("/healthz", web::get().to(healthz)).service(
         web::scope("/api")
             .route("/connections", web::get().to(list_connections))
@@ -158,11 +172,10 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     )))
 }
 
-async fn read_json<T: DeserializeOwned>(
+async fn read_body(
     mut payload: web::Payload,
     settings: &PushSettings,
-    empty_default: Option<T>,
-) -> Result<T, ApiError> {
+) -> Result<web::Bytes, ApiError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
@@ -171,6 +184,15 @@ async fn read_json<T: DeserializeOwned>(
         }
         body.extend_from_slice(&chunk);
     }
+    Ok(body.freeze())
+}
+
+async fn read_json<T: DeserializeOwned>(
+    payload: web::Payload,
+    settings: &PushSettings,
+    empty_default: Option<T>,
+) -> Result<T, ApiError> {
+    let body = read_body(payload, settings).await?;
     if body.is_empty() {
         if let Some(default) = empty_default {
             return Ok(default);
@@ -325,4 +347,72 @@ async fn broadcast(
     let body: BroadcastBody = read_json(payload, &settings, None).await?;
     let delivery = hub.send(Broadcast { data: body.data }).await?;
     Ok(HttpResponse::Ok().json(delivery))
+}
+
+/// SocketDock `POST /socket/{id}/send`: a `text/*` body is a text frame (it must be UTF-8),
+/// anything else a binary frame. 200 `OK` as SocketDock answers; unknown id 404 (SocketDock: 500).
+async fn socketdock_send(
+    _: Authorized,
+    req: HttpRequest,
+    hub: web::Data<Addr<Hub>>,
+    settings: web::Data<PushSettings>,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let id = connection_id(&id)?;
+    let body = read_body(payload, &settings).await?;
+    let is_text = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/"));
+    let frame = if is_text {
+        let text = bytestring::ByteString::try_from(body)
+            .map_err(|_| ApiError::BadRequest("a text/* body must be valid UTF-8".into()))?;
+        Frame::Text(text)
+    } else {
+        Frame::Binary(body)
+    };
+    hub.send(SendTo { id, frame }).await??;
+    Ok(HttpResponse::Ok().content_type("text/plain").body("OK"))
+}
+
+/// SocketDock `POST /socket/{id}/disconnect`: close with 1000; 200 `OK`.
+async fn socketdock_disconnect(
+    _: Authorized,
+    hub: web::Data<Addr<Hub>>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = connection_id(&id)?;
+    let close = Close::new(close_code::NORMAL, "");
+    hub.send(CloseConnection { id, close }).await??;
+    Ok(HttpResponse::Ok().content_type("text/plain").body("OK"))
+}
+
+/// ws2api `POST /{id}`: the body as a text frame; 200 `ok`, unknown id 404 `not found`.
+async fn ws2api_push(
+    _: Authorized,
+    hub: web::Data<Addr<Hub>>,
+    settings: web::Data<PushSettings>,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let Ok(id) = ConnectionId::parse(&id) else {
+        return Ok(HttpResponse::NotFound()
+            .content_type("text/plain")
+            .body("not found"));
+    };
+    let body = read_body(payload, &settings).await?;
+    // ws2api pushes text; a body that is not UTF-8 goes out as a binary frame, not corrupted.
+    let frame = match std::str::from_utf8(&body) {
+        Ok(_) => Frame::Text(bytestring::ByteString::try_from(body).expect("checked UTF-8")),
+        Err(_) => Frame::Binary(body),
+    };
+    match hub.send(SendTo { id, frame }).await? {
+        Ok(()) => Ok(HttpResponse::Ok().content_type("text/plain").body("ok")),
+        Err(Undelivered::UnknownConnection) => Ok(HttpResponse::NotFound()
+            .content_type("text/plain")
+            .body("not found")),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -10,9 +10,10 @@ use actix::{Actor, Addr};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::Context as _;
 
+use crate::backend::http::PendingNotices;
 use crate::backend::Backend;
 use crate::channel::{close_code, Close};
-use crate::config::Config;
+use crate::config::{BackendKind, Config};
 use crate::hub::{Hub, Shutdown, Stats};
 use crate::push::{self, PushSettings};
 use crate::session::{self, RouteContext};
@@ -88,6 +89,9 @@ pub async fn run(
                 dialect: route.dialect,
                 limits: config.limits.clone(),
                 hub: hub.clone(),
+                client_ids: route.path.contains("{id}"),
+                max_pending: config.backend.max_pending_per_connection,
+                trusted_proxies: Arc::from(config.server.trusted_proxies.as_slice()),
             })
         })
         .collect();
@@ -100,14 +104,17 @@ pub async fn run(
         n => n,
     };
     let shared = config.shares_listener();
+    let notices = PendingNotices::default();
+    let relay_format = (config.backend.kind == BackendKind::Http).then_some(config.backend.format);
     let shutdown_timeout = config.shutdown_timeout().as_secs().max(1);
 
     let ws_server = {
         let config = config.clone();
         let hub_data = hub_data.clone();
         let push_settings = push_settings.clone();
+        let notices = notices.clone();
         HttpServer::new(move || {
-            let backend = web::Data::new(Backend::for_worker(&config.backend));
+            let backend = web::Data::new(Backend::for_worker(&config.backend, &notices));
             let mut app = App::new().app_data(backend).app_data(hub_data.clone());
             for route in &routes {
                 app = app.service(
@@ -122,7 +129,7 @@ pub async fn run(
             if shared {
                 app = app
                     .app_data(push_settings.clone())
-                    .configure(push::configure);
+                    .configure(|cfg| push::configure(cfg, relay_format));
             }
             app.default_service(web::to(push::not_found))
         })
@@ -142,7 +149,7 @@ pub async fn run(
                 App::new()
                     .app_data(hub_data.clone())
                     .app_data(push_settings.clone())
-                    .configure(push::configure)
+                    .configure(|cfg| push::configure(cfg, relay_format))
                     .default_service(web::to(push::not_found))
             })
             .workers(1)
@@ -158,7 +165,7 @@ pub async fn run(
     shutdown.await;
     // Stop accepting first, so no new socket arrives while the old ones are being closed.
     ws_handle.pause().await;
-    drain(&hub, &config).await;
+    drain(&hub, &config, &notices).await;
     ws_handle.stop(false).await;
     let _ = ws_task.await;
     if let Some((handle, task)) = push_task {
@@ -171,7 +178,8 @@ pub async fn run(
 
 /// Close every socket with 1001 and wait until the hub's registry is empty or the deadline
 /// passes.
-async fn drain(hub: &Addr<Hub>, config: &Config) {
+async fn drain(hub: &Addr<Hub>, config: &Config, notices: &PendingNotices) {
+    let started = tokio::time::Instant::now();
     let deadline = config.shutdown_timeout();
     let open = hub.send(Stats).await.map(|s| s.connections).unwrap_or(0);
     log::info!("shutting down: closing {open} connection(s) with 1001 (deadline {deadline:?})");
@@ -187,5 +195,14 @@ async fn drain(hub: &Addr<Hub>, config: &Config) {
         );
     } else {
         log::info!("all connections closed");
+    }
+    // Disconnect notices to the backend are part of the drain: wait for them too.
+    let deadline = started + config.shutdown_timeout();
+    while notices.count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    match notices.count() {
+        0 => log::info!("all disconnect notices delivered"),
+        left => log::warn!("shutdown deadline overrun: {left} disconnect notice(s) not delivered"),
     }
 }

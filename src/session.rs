@@ -2,6 +2,8 @@
 //! reassembly, and frames in and out. This is the only module that knows the WebSocket library
 //! (actix-web-actors); the rest of the hub sees [`Frame`]s and [`Close`]s.
 
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,7 +14,8 @@ use actix_web_actors::ws;
 use bytes::BytesMut;
 use bytestring::ByteString;
 
-use crate::backend::{Backend, Relayed};
+use crate::backend::http::{BackendReply, Check, Closed, Open, Relay};
+use crate::backend::Backend;
 use crate::channel::{close_code, Close, Frame};
 use crate::config::LimitsConfig;
 use crate::connection::ConnectionId;
@@ -29,7 +32,17 @@ pub struct RouteContext {
     pub limits: LimitsConfig,
     /// The hub every session registers with.
     pub hub: Addr<Hub>,
+    /// The path has an `{id}` segment: the client picks its id (ws2api), and a newer
+    /// connection with the same id replaces the older one.
+    pub client_ids: bool,
+    /// Frames one connection may have waiting for the backend.
+    pub max_pending: usize,
+    /// Peers whose X-Forwarded-For header is believed.
+    pub trusted_proxies: Arc<[IpAddr]>,
 }
+
+/// Source of session serials (unique per process).
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 
 /// A message being received in fragments.
 struct Fragments {
@@ -54,6 +67,14 @@ pub struct Session {
     fragments: Option<Fragments>,
     /// The close code of the close handshake, once one started (logged on disconnect).
     close_code: Option<u16>,
+    /// The close reason (ws2api's DELETE body); None means the TCP connection dropped.
+    close_reason: Option<String>,
+    /// Unique per session (ids repeat across sessions on ws2api routes).
+    serial: u64,
+    /// Frames handed to the backend and not yet answered.
+    pending: usize,
+    /// What the backend's connect notice carries; taken when the session starts.
+    connect_info: Option<serde_json::Value>,
 }
 
 /// Upgrade an HTTP request on a route to a WebSocket session.
@@ -63,8 +84,47 @@ pub async fn upgrade(
     route: web::Data<RouteContext>,
     backend: web::Data<Backend>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let id = ConnectionId::generate();
-    let remote = req.peer_addr().map(|addr| Arc::from(addr.to_string()));
+    let id = if route.client_ids {
+        let text = req.match_info().get("id").unwrap_or_default();
+        match ConnectionId::parse(text) {
+            Ok(id) => id,
+            Err(e) => {
+                return Ok(HttpResponse::BadRequest()
+                    .json(serde_json::json!({"error": "bad_request", "message": e.to_string()})))
+            }
+        }
+    } else {
+        ConnectionId::generate()
+    };
+    if let Backend::Http {
+        addr,
+        checks_connect: true,
+    } = backend.get_ref()
+    {
+        // ws2api: the application decides before the upgrade.
+        match addr.send(Check { id: id.clone() }).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return Ok(HttpResponse::Forbidden().body("forbidden")),
+            Ok(Err(e)) => {
+                log::warn!("id={id} connect check failed: {e}");
+                return Ok(HttpResponse::BadGateway().body("bad gateway"));
+            }
+            Err(_) => return Ok(HttpResponse::BadGateway().body("bad gateway")),
+        }
+    }
+    let remote = client_address(&req, &route.trusted_proxies);
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((
+                name.as_str().to_ascii_lowercase(),
+                value.to_str().ok()?.into(),
+            ))
+        })
+        .collect();
+    let connect_info = matches!(backend.get_ref(), Backend::Http { .. })
+        .then(|| serde_json::json!({"headers": headers, "remote": remote.as_deref()}));
     let session = Session {
         dialect: Dialect::new(route.dialect, &id),
         id,
@@ -74,11 +134,35 @@ pub async fn upgrade(
         last_seen: Instant::now(),
         fragments: None,
         close_code: None,
+        close_reason: None,
+        serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
+        pending: 0,
+        connect_info,
     };
     let max = session.route.limits.max_message_size;
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(max)
         .start()
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the last
+/// X-Forwarded-For entry that is not itself a trusted proxy.
+fn client_address(req: &HttpRequest, trusted: &[IpAddr]) -> Option<Arc<str>> {
+    let peer = req.peer_addr()?;
+    if trusted.contains(&peer.ip()) {
+        let forwarded = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter_map(|entry| entry.parse::<IpAddr>().ok())
+            .rfind(|ip| !trusted.contains(ip));
+        if let Some(ip) = forwarded {
+            return Some(Arc::from(ip.to_string()));
+        }
+    }
+    Some(Arc::from(peer.to_string()))
 }
 
 impl Actor for Session {
@@ -97,6 +181,8 @@ impl Actor for Session {
             route: self.route.path.clone(),
             remote: self.remote.clone(),
             recipient: ctx.address().recipient(),
+            serial: self.serial,
+            replace: self.route.client_ids,
         };
         self.route
             .hub
@@ -118,13 +204,30 @@ impl Actor for Session {
                 ),
             })
             .spawn(ctx);
+        if let Backend::Http { addr, .. } = &self.backend {
+            addr.do_send(Open {
+                key: self.serial,
+                id: self.id.clone(),
+                reply_to: ctx.address().recipient(),
+                headers: self.connect_info.take().unwrap_or_default(),
+            });
+        }
         self.heartbeat(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.route.hub.do_send(Disconnect {
             id: self.id.clone(),
+            serial: self.serial,
         });
+        if let Backend::Http { addr, .. } = &self.backend {
+            // Exactly once per session: `stopped` runs once, whatever ended the connection.
+            addr.do_send(Closed {
+                key: self.serial,
+                reason: self.close_reason.clone().unwrap_or_else(|| "EOF".into()),
+                notify: self.close_code != Some(close_code::REPLACED),
+            });
+        }
         log::info!(
             "disconnect id={} route={} remote={} code={}",
             self.id,
@@ -154,6 +257,7 @@ impl Session {
     fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, close: Close) {
         if self.close_code.is_none() {
             self.close_code = Some(close.code);
+            self.close_reason = Some(close.reason.clone());
         }
         ctx.close(Some(ws::CloseReason {
             code: ws::CloseCode::from(close.code),
@@ -172,8 +276,24 @@ impl Session {
     /// A whole message arrived: let the dialect decide what it means.
     fn on_frame(&mut self, ctx: &mut ws::WebsocketContext<Self>, frame: Frame) {
         match self.dialect.decode(frame) {
-            Action::Relay(frame) => match self.backend.relay(frame) {
-                Relayed::Reply(reply) => Self::write(ctx, reply),
+            Action::Relay(frame) => match &self.backend {
+                Backend::Loopback => Self::write(ctx, frame),
+                Backend::Http { addr, .. } => {
+                    if self.pending >= self.route.max_pending {
+                        return self.close(
+                            ctx,
+                            Close::new(
+                                close_code::POLICY_VIOLATION,
+                                "too many messages waiting for the backend",
+                            ),
+                        );
+                    }
+                    self.pending += 1;
+                    addr.do_send(Relay {
+                        key: self.serial,
+                        frame,
+                    });
+                }
             },
             Action::Hub { ops, reply } => {
                 let apply = Apply {
@@ -304,6 +424,12 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
                         .as_ref()
                         .map_or(close_code::NO_STATUS, |r| r.code.into()),
                 );
+                self.close_reason = Some(
+                    reason
+                        .as_ref()
+                        .and_then(|r| r.description.clone())
+                        .unwrap_or_default(),
+                );
                 ctx.close(reason.map(|r| ws::CloseReason {
                     code: r.code,
                     description: None,
@@ -354,6 +480,21 @@ impl Handler<Deliver> for Session {
                 Self::write(ctx, self.dialect.encode(&publication))
             }
             Outbound::Close(close) => self.close(ctx, close),
+        }
+    }
+}
+
+impl Handler<BackendReply> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: BackendReply, ctx: &mut Self::Context) {
+        match msg {
+            BackendReply::Answer(frame) => {
+                self.pending = self.pending.saturating_sub(1);
+                Self::write(ctx, frame);
+            }
+            BackendReply::Done => self.pending = self.pending.saturating_sub(1),
+            BackendReply::Failed(close) => self.close(ctx, close),
         }
     }
 }

@@ -2,34 +2,35 @@
 //! A backend is the only place with outbound I/O. Each HTTP worker thread builds its own
 //! [`Backend`] (an `awc` client is `!Send`, so it cannot be shared across threads).
 
-use crate::channel::Frame;
-use crate::config::{BackendConfig, BackendKind};
+pub mod http;
+
+use actix::{Actor, Addr};
+
+use crate::config::{BackendConfig, BackendKind, RelayFormat};
 
 /// The backend handle a session relays through.
 #[derive(Clone)]
 pub enum Backend {
     /// Echo every frame back to its sender: text stays text, binary stays binary.
     Loopback,
-}
-
-/// What became of a relayed frame.
-pub enum Relayed {
-    /// The answer is ready now: send it to the client.
-    Reply(Frame),
+    /// Relay to an HTTP application through this worker's backend actor.
+    Http {
+        /// The worker's backend actor.
+        addr: Addr<http::HttpBackend>,
+        /// ws2api: ask the application before upgrading (`GET {url}/{id}`).
+        checks_connect: bool,
+    },
 }
 
 impl Backend {
-    /// The backend for one worker thread.
-    pub fn for_worker(config: &BackendConfig) -> Self {
+    /// The backend for one worker thread (call it on that thread: it starts an actor there).
+    pub fn for_worker(config: &BackendConfig, notices: &http::PendingNotices) -> Self {
         match config.kind {
             BackendKind::Loopback => Backend::Loopback,
-        }
-    }
-
-    /// Relay one client frame.
-    pub fn relay(&self, frame: Frame) -> Relayed {
-        match self {
-            Backend::Loopback => Relayed::Reply(frame),
+            BackendKind::Http => Backend::Http {
+                addr: http::HttpBackend::new(config, notices.clone()).start(),
+                checks_connect: config.format == RelayFormat::Ws2Api,
+            },
         }
     }
 }

@@ -246,6 +246,11 @@ pub async fn send_text(ws: &mut Ws, text: &str) {
     ws.send(Message::Text(text.to_owned())).await.expect("send");
 }
 
+/// A close code as tungstenite names it.
+pub fn code(code: u16) -> tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode {
+    code.into()
+}
+
 /// A client that performs the WebSocket handshake by hand and then never writes: a dead peer
 /// whose TCP stack is still up. Returns the stream positioned after the handshake.
 pub async fn raw_silent_client(addr: std::net::SocketAddr, path: &str) -> TcpStream {

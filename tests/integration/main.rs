@@ -8,4 +8,6 @@ mod echo;
 mod harness;
 mod jsonrpc;
 mod lifecycle;
+mod mock_backend;
 mod push_api;
+mod relay;

@@ -1,0 +1,385 @@
+//! The http backend in ws2api and SocketDock formats, against a real HTTP application.
+
+use futures_util::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::*;
+use crate::mock_backend::{MockBackend, Received};
+
+fn ws2api_config(backend: &MockBackend, extra_limits: &str) -> String {
+    format!(
+        r#"
+[server]
+page = false
+shutdown_timeout_ms = 3000
+
+[limits]
+{extra_limits}
+
+[backend]
+kind = "http"
+format = "ws2api"
+url = "{}"
+request_timeout_ms = 1500
+
+[[routes]]
+path = "/{{id}}"
+dialect = "raw"
+"#,
+        backend.url("/api")
+    )
+}
+
+fn socketdock_config(backend: &MockBackend) -> String {
+    format!(
+        r#"
+[server]
+page = false
+
+[backend]
+kind = "http"
+format = "socketdock"
+url = "{}"
+connect_url = "{}"
+disconnect_url = "{}"
+external_url = "https://relay-7.example.com"
+
+[[routes]]
+path = "/ws"
+dialect = "raw"
+"#,
+        backend.url("/sd/message"),
+        backend.url("/sd/connect"),
+        backend.url("/sd/disconnect")
+    )
+}
+
+fn deletes(received: &[Received], id: &str) -> Vec<String> {
+    received
+        .iter()
+        .filter(|r| r.method == "DELETE" && r.path == format!("/api/{id}"))
+        .map(Received::text)
+        .collect()
+}
+
+#[actix_web::test]
+async fn ws2api_flow_from_config_alone() {
+    let backend = MockBackend::start();
+    let hub = start(&ws2api_config(&backend, ""));
+    let mut ws = connect(&hub.ws_url("/client-1")).await;
+    assert_eq!(backend.received()[0].method, "GET");
+    assert_eq!(backend.received()[0].path, "/api/client-1");
+
+    ws.send(Message::Text("hello".into())).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::Text("re:hello".into()));
+    ws.send(Message::Binary(vec![0, 159, 255])).await.unwrap();
+    assert_eq!(
+        next_data(&mut ws).await,
+        Message::Binary(b"re:\x00\x9f\xff".to_vec())
+    );
+    let posts: Vec<Received> = backend
+        .received()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(posts[0].body, b"hello");
+    assert_eq!(posts[1].body, vec![0, 159, 255]);
+    assert_eq!(posts[1].content_type, "application/octet-stream");
+
+    // Push by id on the push listener, with ws2api's statuses and bodies.
+    let reply = http("POST", &hub.push_url("/client-1"), None, Some("pushed")).await;
+    assert_eq!((reply.status, reply.body.as_slice()), (200, &b"ok"[..]));
+    assert_eq!(next_data(&mut ws).await, Message::Text("pushed".into()));
+    let reply = http("POST", &hub.push_url("/nobody"), None, Some("x")).await;
+    assert_eq!(
+        (reply.status, reply.body.as_slice()),
+        (404, &b"not found"[..])
+    );
+
+    // An empty answer sends nothing back: the next frame is the answer to the next message.
+    ws.send(Message::Text("silent".into())).await.unwrap();
+    ws.send(Message::Text("after".into())).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::Text("re:after".into()));
+
+    ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: code(1000),
+        reason: "done here".into(),
+    }))
+    .await
+    .unwrap();
+    let received = backend
+        .wait_for("the DELETE", |r| !deletes(r, "client-1").is_empty())
+        .await;
+    assert_eq!(deletes(&received, "client-1"), vec!["done here"]);
+}
+
+#[actix_web::test]
+async fn ws2api_connect_check_statuses() {
+    let backend = MockBackend::start();
+    let hub = start(&ws2api_config(&backend, ""));
+    let status = |url: String| async move {
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                response.status().as_u16()
+            }
+            other => panic!("expected an HTTP error, got {:?}", other.map(|_| ())),
+        }
+    };
+    assert_eq!(status(hub.ws_url("/deny-me")).await, 403);
+    assert_eq!(status(hub.ws_url("/broken-1")).await, 502);
+    assert_eq!(status(hub.ws_url("/bad%20id")).await, 400);
+    let reply = http("GET", &hub.http_url("/plain-http"), None, None).await;
+    assert_eq!(reply.status, 400, "no Upgrade header after a passed check");
+    assert!(wait_for_connections(&hub, 0).await.is_empty());
+}
+
+#[actix_web::test]
+async fn ws2api_duplicate_id_replaces_the_older_connection() {
+    let backend = MockBackend::start();
+    let hub = start(&ws2api_config(&backend, ""));
+    let mut old = connect(&hub.ws_url("/dup")).await;
+    wait_for_connections(&hub, 1).await;
+    let mut new = connect(&hub.ws_url("/dup")).await;
+    assert_eq!(expect_close(&mut old).await.0, 4001);
+    assert_eq!(wait_for_connections(&hub, 1).await, vec!["dup"]);
+    let reply = http("POST", &hub.push_url("/dup"), None, Some("to the live one")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        next_data(&mut new).await,
+        Message::Text("to the live one".into())
+    );
+    // The id stayed connected, so the replaced connection sends no DELETE; the live one does.
+    new.close(None).await.unwrap();
+    let received = backend
+        .wait_for("the DELETE", |r| !deletes(r, "dup").is_empty())
+        .await;
+    assert_eq!(deletes(&received, "dup").len(), 1);
+    assert!(wait_for_connections(&hub, 0).await.is_empty());
+}
+
+#[actix_web::test]
+async fn per_connection_order_is_kept() {
+    let backend = MockBackend::start();
+    let hub = start(&ws2api_config(&backend, ""));
+    let mut a = connect(&hub.ws_url("/order-a")).await;
+    let mut b = connect(&hub.ws_url("/order-b")).await;
+    for i in 0..40 {
+        a.send(Message::Text(format!("a{i}"))).await.unwrap();
+        b.send(Message::Text(format!("b{i}"))).await.unwrap();
+    }
+    for i in 0..40 {
+        assert_eq!(next_data(&mut a).await, Message::Text(format!("re:a{i}")));
+        assert_eq!(next_data(&mut b).await, Message::Text(format!("re:b{i}")));
+    }
+    let seen: Vec<String> = backend
+        .received()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/api/order-a")
+        .map(|r| r.text())
+        .collect();
+    assert_eq!(seen, (0..40).map(|i| format!("a{i}")).collect::<Vec<_>>());
+}
+
+#[actix_web::test]
+async fn disconnect_notice_arrives_exactly_once_however_the_connection_ends() {
+    let backend = MockBackend::start();
+    let mut hub = start(&ws2api_config(
+        &backend,
+        "heartbeat_interval_ms = 50\nheartbeat_timeout_ms = 400",
+    ));
+    // Client close.
+    let mut client = connect(&hub.ws_url("/by-client")).await;
+    client.close(None).await.unwrap();
+    // Server close through the push API.
+    let mut closed = connect(&hub.ws_url("/by-push")).await;
+    let reply = post(
+        &hub,
+        "/api/connections/by-push/close",
+        &json!({"code": 4000, "reason": "kicked"}),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(expect_close(&mut closed).await.0, 4000);
+    // TCP drop, and a peer that goes silent (heartbeat timeout).
+    let dropped = connect(&hub.ws_url("/by-drop")).await;
+    drop(dropped);
+    let _silent = raw_silent_client(hub.ws, "/by-timeout").await;
+    hub.wait_for_log("heartbeat timeout").await;
+    // Shutdown: the hub waits for the notices before it exits.
+    let _open = connect(&hub.ws_url("/by-shutdown")).await;
+    wait_for_connections(&hub, 1).await;
+    assert_eq!(hub.terminate().code(), Some(0));
+
+    let received = backend.received();
+    assert_eq!(deletes(&received, "by-client"), vec![""]);
+    assert_eq!(deletes(&received, "by-push"), vec!["kicked"]);
+    assert_eq!(deletes(&received, "by-drop"), vec!["EOF"]);
+    assert_eq!(deletes(&received, "by-timeout"), vec!["heartbeat timeout"]);
+    assert_eq!(
+        deletes(&received, "by-shutdown"),
+        vec!["server shutting down"]
+    );
+}
+
+#[actix_web::test]
+async fn backend_failures_are_told_to_the_client() {
+    let backend = MockBackend::start();
+    let hub = start(&ws2api_config(&backend, ""));
+    // Too slow: the answer comes after the 1.5 s deadline.
+    let mut slow = connect(&hub.ws_url("/slow-1")).await;
+    let mut neighbour = connect(&hub.ws_url("/calm-1")).await;
+    slow.send(Message::Text("slow".into())).await.unwrap();
+    neighbour
+        .send(Message::Text("meanwhile".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_data(&mut neighbour).await,
+        Message::Text("re:meanwhile".into())
+    );
+    assert_eq!(
+        expect_close(&mut slow).await,
+        (1013, "backend unavailable".to_owned())
+    );
+    // A 500 is retried with backoff within the deadline, then the client is told.
+    let mut failing = connect(&hub.ws_url("/fail-1")).await;
+    failing.send(Message::Text("fail".into())).await.unwrap();
+    assert_eq!(expect_close(&mut failing).await.0, 1013);
+    neighbour
+        .send(Message::Text("still fine".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_data(&mut neighbour).await,
+        Message::Text("re:still fine".into())
+    );
+
+    // The backend gone altogether (connection refused).
+    let config =
+        ws2api_config(&backend, "").replace(&backend.url("/api"), "http://127.0.0.1:9/api");
+    let down = start(&config);
+    match tokio_tungstenite::connect_async(down.ws_url("/anyone")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 502)
+        }
+        other => panic!("expected 502, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[actix_web::test]
+async fn socketdock_flow_from_config_alone() {
+    let backend = MockBackend::start();
+    let hub = start(&socketdock_config(&backend));
+    let (mut ws, _) = {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = hub.ws_url("/ws").into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("X-Agent", "mediator-test".parse().unwrap());
+        tokio_tungstenite::connect_async(request).await.unwrap()
+    };
+    let received = backend
+        .wait_for("the connect notice", |r| {
+            r.iter().any(|r| r.path == "/sd/connect")
+        })
+        .await;
+    let connect_notice = received
+        .iter()
+        .find(|r| r.path == "/sd/connect")
+        .unwrap()
+        .json();
+    let meta = &connect_notice["meta"];
+    let id = meta["connection_id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32);
+    assert_eq!(
+        meta["send"],
+        format!("https://relay-7.example.com/socket/{id}/send")
+    );
+    assert_eq!(
+        meta["disconnect"],
+        format!("https://relay-7.example.com/socket/{id}/disconnect")
+    );
+    assert_eq!(meta["headers"]["x-agent"], "mediator-test");
+    assert!(meta["remote"].as_str().unwrap().starts_with("127.0.0.1:"));
+
+    ws.send(Message::Text("{\"hello\": 1}".into()))
+        .await
+        .unwrap();
+    ws.send(Message::Binary(b"packed-didcomm".to_vec()))
+        .await
+        .unwrap();
+    ws.send(Message::Binary(vec![0xff, 0x00])).await.unwrap();
+    let received = backend
+        .wait_for("three messages", |r| {
+            r.iter().filter(|r| r.path == "/sd/message").count() == 3
+        })
+        .await;
+    let messages: Vec<_> = received
+        .iter()
+        .filter(|r| r.path == "/sd/message")
+        .map(Received::json)
+        .collect();
+    assert_eq!(messages[0]["message"], "{\"hello\": 1}");
+    assert_eq!(messages[0]["meta"]["connection_id"], id);
+    assert_eq!(messages[1]["message"], "packed-didcomm");
+    assert_eq!(
+        (
+            messages[2]["message"].clone(),
+            messages[2]["message_encoding"].clone()
+        ),
+        (json!("/wA="), json!("base64"))
+    );
+
+    // Push: text/* -> text frame, anything else -> binary, bad UTF-8 in text -> 400.
+    let send = hub.push_url(&format!("/socket/{id}/send"));
+    let client = awc::Client::default();
+    let response = client
+        .post(&send)
+        .insert_header(("Content-Type", "text/plain; charset=utf-8"))
+        .send_body("hi")
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(next_data(&mut ws).await, Message::Text("hi".into()));
+    let response = client
+        .post(&send)
+        .insert_header(("Content-Type", "application/didcomm-envelope-enc"))
+        .send_body(vec![1u8, 2])
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(next_data(&mut ws).await, Message::Binary(vec![1, 2]));
+    let response = client
+        .post(&send)
+        .insert_header(("Content-Type", "text/plain"))
+        .send_body(vec![0xffu8])
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let response = client
+        .post(hub.push_url("/socket/0123456789abcdef0123456789abcdef/send"))
+        .send_body("x")
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+
+    let response = client
+        .post(hub.push_url(&format!("/socket/{id}/disconnect")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(expect_close(&mut ws).await.0, 1000);
+    let received = backend
+        .wait_for("the disconnect notice", |r| {
+            r.iter().any(|r| r.path == "/sd/disconnect")
+        })
+        .await;
+    let notices: Vec<_> = received
+        .iter()
+        .filter(|r| r.path == "/sd/disconnect")
+        .collect();
+    assert_eq!(notices.len(), 1);
+    assert_eq!(notices[0].json(), json!({"connection_id": id}));
+}
