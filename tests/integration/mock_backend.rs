@@ -135,6 +135,7 @@ impl MockBackend {
 
 impl Drop for MockBackend {
     fn drop(&mut self) {
-        let _ = self.server.stop(false);
+        // The stop command is sent when `stop` is called; its completion is not awaited here.
+        drop(self.server.stop(false));
     }
 }
