@@ -502,6 +502,37 @@ mod tests {
     }
 
     #[test]
+    fn shipped_configs_are_valid() {
+        for (name, text) in [
+            ("config.toml", include_str!("../config.toml")),
+            (
+                "examples/socketdock.toml",
+                include_str!("../examples/socketdock.toml"),
+            ),
+            (
+                "examples/ws2api.toml",
+                include_str!("../examples/ws2api.toml"),
+            ),
+            (
+                ".ci/conformance.toml",
+                include_str!("../.ci/conformance.toml"),
+            ),
+        ] {
+            if let Err(e) = check(text) {
+                panic!("{name}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn http_backend_needs_an_http_url() {
+        let err = check("[backend]\nkind = \"http\"\n").unwrap_err();
+        assert!(err.to_string().contains("backend.url"), "{err}");
+        let err = check("[backend]\nkind = \"http\"\nurl = \"ftp://x\"\n").unwrap_err();
+        assert!(err.to_string().contains("backend.url"), "{err}");
+    }
+
+    #[test]
     fn route_paths_are_checked() {
         let err = check("[[routes]]\npath = \"ws\"\ndialect = \"raw\"\n").unwrap_err();
         assert!(err.to_string().contains("routes[0].path"), "{err}");

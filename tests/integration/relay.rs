@@ -383,3 +383,95 @@ async fn socketdock_flow_from_config_alone() {
     assert_eq!(notices.len(), 1);
     assert_eq!(notices[0].json(), json!({"connection_id": id}));
 }
+
+#[actix_web::test]
+async fn a_flooding_client_is_closed_before_memory_grows() {
+    let backend = MockBackend::start();
+    let config = ws2api_config(&backend, "").replace(
+        "request_timeout_ms = 1500",
+        "request_timeout_ms = 1500\nmax_pending_per_connection = 4",
+    );
+    let hub = start(&config);
+    let mut flooder = connect(&hub.ws_url("/flood-1")).await;
+    let mut neighbour = connect(&hub.ws_url("/calm-2")).await;
+    for _ in 0..20 {
+        // The backend takes 3 s per "slow": frames pile up behind the first one.
+        if flooder.send(Message::Text("slow".into())).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(
+        expect_close(&mut flooder).await,
+        (1008, "too many messages waiting for the backend".to_owned())
+    );
+    neighbour
+        .send(Message::Text("unaffected".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_data(&mut neighbour).await,
+        Message::Text("re:unaffected".into())
+    );
+}
+
+#[actix_web::test]
+async fn a_backend_that_hangs_up_mid_request_is_reported() {
+    // An "application" that reads the request and closes the connection without answering.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        for stream in listener.incoming().take(20) {
+            let Ok(mut stream) = stream else { break };
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+        }
+    });
+    let config = format!(
+        "[server]\npage = false\n[backend]\nkind = \"http\"\nformat = \"socketdock\"\nurl = \"http://{addr}/message\"\nrequest_timeout_ms = 2000\n[[routes]]\npath = \"/ws\"\ndialect = \"raw\"\n"
+    );
+    let hub = start(&config);
+    let mut ws = connect(&hub.ws_url("/ws")).await;
+    ws.send(Message::Text("lost?".into())).await.unwrap();
+    assert_eq!(
+        expect_close(&mut ws).await,
+        (1013, "backend unavailable".to_owned())
+    );
+    hub.wait_for_log("backend callout failed").await;
+}
+
+/// Connect with an X-Forwarded-For header to a hub trusting `trusted`; returns meta.remote
+/// from the SocketDock connect notice.
+async fn remote_seen_by_backend(trusted: &str) -> String {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let backend = MockBackend::start();
+    let config = socketdock_config(&backend).replace(
+        "page = false",
+        &format!("page = false\ntrusted_proxies = [{trusted}]"),
+    );
+    let hub = start(&config);
+    let mut request = hub.ws_url("/ws").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("X-Forwarded-For", "203.0.113.9, 127.0.0.1".parse().unwrap());
+    let (_ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let received = backend
+        .wait_for("a connect notice", |r| {
+            r.iter().any(|r| r.path == "/sd/connect")
+        })
+        .await;
+    let notice = received
+        .iter()
+        .find(|r| r.path == "/sd/connect")
+        .unwrap()
+        .json();
+    notice["meta"]["remote"].as_str().unwrap().to_owned()
+}
+
+#[actix_web::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    // The peer 127.0.0.1 is trusted: the last untrusted X-Forwarded-For entry is the client.
+    assert_eq!(remote_seen_by_backend("\"127.0.0.1\"").await, "203.0.113.9");
+    // Nobody trusted: the header is ignored and the peer address is used.
+    assert!(remote_seen_by_backend("").await.starts_with("127.0.0.1:"));
+}
