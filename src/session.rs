@@ -96,13 +96,34 @@ pub async fn upgrade(
     } else {
         ConnectionId::generate()
     };
+    let remote = client_address(&req, &route.trusted_proxies);
+    let relays = matches!(backend.get_ref(), Backend::Http { .. });
+    // Only the http backend tells the application about the upgrade request's headers.
+    let headers: Vec<(String, String)> = if relays {
+        req.headers()
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((
+                    name.as_str().to_ascii_lowercase(),
+                    value.to_str().ok()?.to_owned(),
+                ))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     if let Backend::Http {
         addr,
         checks_connect: true,
     } = backend.get_ref()
     {
-        // ws2api: the application decides before the upgrade.
-        match addr.send(Check { id: id.clone() }).await {
+        // ws2api: the application decides before the upgrade, seeing the client's headers.
+        let check = Check {
+            id: id.clone(),
+            headers: headers.clone(),
+            remote: remote.as_deref().map(ip_of),
+        };
+        match addr.send(check).await {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => return Ok(HttpResponse::Forbidden().body("forbidden")),
             Ok(Err(e)) => {
@@ -112,19 +133,11 @@ pub async fn upgrade(
             Err(_) => return Ok(HttpResponse::BadGateway().body("bad gateway")),
         }
     }
-    let remote = client_address(&req, &route.trusted_proxies);
-    let headers: serde_json::Map<String, serde_json::Value> = req
-        .headers()
-        .iter()
-        .filter_map(|(name, value)| {
-            Some((
-                name.as_str().to_ascii_lowercase(),
-                value.to_str().ok()?.into(),
-            ))
-        })
-        .collect();
-    let connect_info = matches!(backend.get_ref(), Backend::Http { .. })
-        .then(|| serde_json::json!({"headers": headers, "remote": remote.as_deref()}));
+    let connect_info = relays.then(|| {
+        let headers: serde_json::Map<String, serde_json::Value> =
+            headers.into_iter().map(|(k, v)| (k, v.into())).collect();
+        serde_json::json!({"headers": headers, "remote": remote.as_deref()})
+    });
     let session = Session {
         dialect: Dialect::new(route.dialect, &id),
         id,
@@ -143,6 +156,14 @@ pub async fn upgrade(
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(max)
         .start()
+}
+
+/// The IP part of an `ip:port` or bare `ip` address text.
+fn ip_of(address: &str) -> String {
+    address
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| address.to_owned())
 }
 
 /// The client's address: the peer, or, when the peer is a trusted proxy, the last

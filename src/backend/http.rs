@@ -124,7 +124,21 @@ pub struct Closed {
 pub struct Check {
     /// The id the client asked for.
     pub id: ConnectionId,
+    /// The upgrade request's end-to-end headers, forwarded to the application.
+    pub headers: Vec<(String, String)>,
+    /// The client's address, sent as `X-Forwarded-For`.
+    pub remote: Option<String>,
 }
+
+/// Headers of the upgrade request that belong to that hop and are not forwarded.
+const HOP_HEADERS: [&str; 6] = [
+    "host",
+    "connection",
+    "upgrade",
+    "content-length",
+    "transfer-encoding",
+    "x-forwarded-for",
+];
 
 /// One worker's http backend.
 pub struct HttpBackend {
@@ -472,9 +486,17 @@ impl Handler<Check> for HttpBackend {
     fn handle(&mut self, msg: Check, _: &mut Context<Self>) -> Self::Result {
         let client = self.client.clone();
         let url = format!("{}/{}", self.settings.url, msg.id);
+        let mut request = client.get(&url);
+        for (name, value) in &msg.headers {
+            if !HOP_HEADERS.contains(&name.as_str()) && !name.starts_with("sec-websocket-") {
+                request = request.append_header((name.as_str(), value.as_str()));
+            }
+        }
+        if let Some(remote) = &msg.remote {
+            request = request.insert_header(("x-forwarded-for", remote.as_str()));
+        }
         Box::pin(async move {
-            let mut response = client
-                .get(&url)
+            let mut response = request
                 .send()
                 .await
                 .map_err(|e| format!("GET {url}: {e}"))?;

@@ -12,12 +12,20 @@ pub struct Received {
     pub method: String,
     pub path: String,
     pub content_type: String,
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
 impl Received {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -51,6 +59,11 @@ async fn script(
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned(),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+            .collect(),
         body: body.to_vec(),
     };
     received.lock().unwrap().push(record.clone());

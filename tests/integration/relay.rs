@@ -67,9 +67,34 @@ fn deletes(received: &[Received], id: &str) -> Vec<String> {
 async fn ws2api_flow_from_config_alone() {
     let backend = MockBackend::start();
     let hub = start(&ws2api_config(&backend, ""));
-    let mut ws = connect(&hub.ws_url("/client-1")).await;
-    assert_eq!(backend.received()[0].method, "GET");
-    assert_eq!(backend.received()[0].path, "/api/client-1");
+    let (mut ws, _) = {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = hub.ws_url("/client-1").into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Cookie", "session=abc".parse().unwrap());
+        tokio_tungstenite::connect_async(request).await.unwrap()
+    };
+    let check = backend.received()[0].clone();
+    assert_eq!(
+        (check.method.as_str(), check.path.as_str()),
+        ("GET", "/api/client-1")
+    );
+    assert_eq!(
+        check.header("cookie"),
+        Some("session=abc"),
+        "the check sees the client's headers"
+    );
+    assert_eq!(
+        check.header("x-forwarded-for"),
+        Some("127.0.0.1"),
+        "and the client's address"
+    );
+    assert_eq!(
+        check.header("upgrade"),
+        None,
+        "hop-by-hop headers stay behind"
+    );
 
     ws.send(Message::Text("hello".into())).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::Text("re:hello".into()));
