@@ -8,7 +8,8 @@
 //! - [`hub`]: the hub actor: connection registry, channels, delivery policy (pure state).
 //! - [`session`]: the per-socket actor; the only module that knows the WebSocket library.
 //! - [`dialect`]: one pure codec per route kind (`raw`, `jsonrpc`).
-//! - [`backend`]: where relay routes send frames (loopback echo).
+//! - [`backend`]: where relay routes send frames: the loopback echo, or [`backend::http`], one
+//!   actor per worker that relays to an application in SocketDock's or ws2api's format.
 //! - [`push`]: the push API for backends (HTTP handlers -> hub messages).
 //! - [`channel`], [`connection`]: the values that travel: frames, publications, ids.
 

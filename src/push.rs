@@ -349,6 +349,13 @@ async fn broadcast(
     Ok(HttpResponse::Ok().json(delivery))
 }
 
+/// A plain-text reply, as the compatibility paths' originals answer.
+fn plain(status: StatusCode, body: &'static str) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/plain")
+        .body(body)
+}
+
 /// SocketDock `POST /socket/{id}/send`: a `text/*` body is a text frame (it must be UTF-8),
 /// anything else a binary frame. 200 `OK` as SocketDock answers; unknown id 404 (SocketDock: 500).
 async fn socketdock_send(
@@ -374,7 +381,7 @@ async fn socketdock_send(
         Frame::Binary(body)
     };
     hub.send(SendTo { id, frame }).await??;
-    Ok(HttpResponse::Ok().content_type("text/plain").body("OK"))
+    Ok(plain(StatusCode::OK, "OK"))
 }
 
 /// SocketDock `POST /socket/{id}/disconnect`: close with 1000; 200 `OK`.
@@ -386,7 +393,7 @@ async fn socketdock_disconnect(
     let id = connection_id(&id)?;
     let close = Close::new(close_code::NORMAL, "");
     hub.send(CloseConnection { id, close }).await??;
-    Ok(HttpResponse::Ok().content_type("text/plain").body("OK"))
+    Ok(plain(StatusCode::OK, "OK"))
 }
 
 /// ws2api `POST /{id}`: the body as a text frame; 200 `ok`, unknown id 404 `not found`.
@@ -398,21 +405,17 @@ async fn ws2api_push(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let Ok(id) = ConnectionId::parse(&id) else {
-        return Ok(HttpResponse::NotFound()
-            .content_type("text/plain")
-            .body("not found"));
+        return Ok(plain(StatusCode::NOT_FOUND, "not found"));
     };
     let body = read_body(payload, &settings).await?;
     // ws2api pushes text; a body that is not UTF-8 goes out as a binary frame, not corrupted.
-    let frame = match std::str::from_utf8(&body) {
-        Ok(_) => Frame::Text(bytestring::ByteString::try_from(body).expect("checked UTF-8")),
+    let frame = match bytestring::ByteString::try_from(body.clone()) {
+        Ok(text) => Frame::Text(text),
         Err(_) => Frame::Binary(body),
     };
     match hub.send(SendTo { id, frame }).await? {
-        Ok(()) => Ok(HttpResponse::Ok().content_type("text/plain").body("ok")),
-        Err(Undelivered::UnknownConnection) => Ok(HttpResponse::NotFound()
-            .content_type("text/plain")
-            .body("not found")),
+        Ok(()) => Ok(plain(StatusCode::OK, "ok")),
+        Err(Undelivered::UnknownConnection) => Ok(plain(StatusCode::NOT_FOUND, "not found")),
         Err(e) => Err(e.into()),
     }
 }
