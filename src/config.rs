@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::dialect::DialectKind;
+
 /// The whole configuration file. Every section is optional; a missing section takes its defaults.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -189,7 +191,17 @@ pub struct RouteConfig {
     /// The URL path clients upgrade on, e.g. `/ws`.
     pub path: String,
     /// The dialect spoken on that path.
-    pub dialect: crate::dialect::DialectKind,
+    pub dialect: DialectKind,
+    /// topics: match topics exactly instead of by prefix.
+    #[serde(default)]
+    pub strict: bool,
+    /// topics: clients may publish `{"topic": t, "body": b}`.
+    #[serde(default)]
+    pub client_publish: bool,
+    /// groups: every message must carry `xrftoken` equal to this cookie of the handshake
+    /// (AWX uses `csrftoken`).
+    #[serde(default)]
+    pub xrf_cookie: Option<String>,
 }
 
 /// The `[log]` section.
@@ -209,15 +221,20 @@ impl Default for LogConfig {
 }
 
 fn default_routes() -> Vec<RouteConfig> {
-    use crate::dialect::DialectKind;
     vec![
         RouteConfig {
             path: "/ws".to_owned(),
             dialect: DialectKind::Raw,
+            strict: false,
+            client_publish: false,
+            xrf_cookie: None,
         },
         RouteConfig {
             path: "/rpc".to_owned(),
             dialect: DialectKind::JsonRpc,
+            strict: false,
+            client_publish: false,
+            xrf_cookie: None,
         },
     ]
 }
@@ -423,6 +440,18 @@ impl Config {
                 return Err(invalid(
                     &key,
                     format!("`{path}` collides with the push API on the shared listener"),
+                ));
+            }
+            if (route.strict || route.client_publish) && route.dialect != DialectKind::Topics {
+                return Err(invalid(
+                    &format!("routes[{i}].strict"),
+                    "strict and client_publish apply to the topics dialect only".into(),
+                ));
+            }
+            if route.xrf_cookie.is_some() && route.dialect != DialectKind::Groups {
+                return Err(invalid(
+                    &format!("routes[{i}].xrf_cookie"),
+                    "applies to the groups dialect only".into(),
                 ));
             }
             if self.routes[..i].iter().any(|r| r.path == route.path) {

@@ -85,6 +85,10 @@ pub enum ChannelOp {
     Subscribe(ChannelName),
     /// Leave a channel (also fine when not a member).
     Unsubscribe(ChannelName),
+    /// Receive every channel whose name starts with this prefix (fedmsg topics; "" is all).
+    SubscribePrefix(String),
+    /// Make this exactly the connection's set of channels (AWX groups).
+    Replace(BTreeSet<ChannelName>),
     /// Publish to a channel from this connection.
     Publish {
         /// Target channel.
@@ -107,6 +111,15 @@ pub enum OpOutcome {
     Unsubscribed,
     /// Published: how many connections it reached and how many were cut off as stalled.
     Published(Delivery),
+    /// The channel set was replaced.
+    Replaced {
+        /// Channels now, sorted.
+        current: Vec<ChannelName>,
+        /// Channels left, sorted.
+        left: Vec<ChannelName>,
+        /// Channels joined, sorted.
+        joined: Vec<ChannelName>,
+    },
     /// The sender must be a member of this channel to publish to it.
     NotSubscribed(ChannelName),
     /// The connection is not (or no longer) registered.
@@ -254,6 +267,7 @@ struct Entry {
     remote: Option<Arc<str>>,
     since: SystemTime,
     channels: BTreeSet<ChannelName>,
+    prefixes: BTreeSet<Arc<str>>,
 }
 
 /// The hub actor. Start it once, before the HTTP server, and clone its `Addr` into workers.
@@ -261,6 +275,9 @@ struct Entry {
 pub struct Hub {
     connections: HashMap<ConnectionId, Entry>,
     channels: HashMap<ChannelName, HashSet<ConnectionId>>,
+    /// Prefix subscriptions: a publish to channel `c` looks up each prefix of `c` here, so its
+    /// cost grows with the length of `c`, not with the number of distinct prefixes.
+    prefixes: HashMap<Arc<str>, HashSet<ConnectionId>>,
     /// Set once shutdown began: new connections are refused.
     shutting_down: bool,
     /// Who waits for the registry to become empty.
@@ -354,6 +371,14 @@ impl Hub {
         for channel in &entry.channels {
             self.leave_channel(channel, id);
         }
+        for prefix in &entry.prefixes {
+            if let Some(members) = self.prefixes.get_mut(prefix) {
+                members.remove(id);
+                if members.is_empty() {
+                    self.prefixes.remove(prefix);
+                }
+            }
+        }
         if self.connections.is_empty() {
             for waiter in self.empty_waiters.drain(..) {
                 let _ = waiter.send(());
@@ -387,6 +412,33 @@ impl Hub {
                 }
                 OpOutcome::Unsubscribed
             }
+            ChannelOp::SubscribePrefix(prefix) => {
+                let prefix: Arc<str> = Arc::from(prefix);
+                entry.prefixes.insert(prefix.clone());
+                self.prefixes.entry(prefix).or_default().insert(id.clone());
+                OpOutcome::Subscribed
+            }
+            ChannelOp::Replace(wanted) => {
+                let left: Vec<ChannelName> = entry.channels.difference(&wanted).cloned().collect();
+                let joined: Vec<ChannelName> =
+                    wanted.difference(&entry.channels).cloned().collect();
+                entry.channels = wanted;
+                let current = entry.channels.iter().cloned().collect();
+                for channel in &left {
+                    self.leave_channel(channel, id);
+                }
+                for channel in &joined {
+                    self.channels
+                        .entry(channel.clone())
+                        .or_default()
+                        .insert(id.clone());
+                }
+                OpOutcome::Replaced {
+                    current,
+                    left,
+                    joined,
+                }
+            }
             ChannelOp::Publish {
                 channel,
                 data,
@@ -408,15 +460,31 @@ impl Hub {
         data: serde_json::Value,
         exclude: Option<&ConnectionId>,
     ) -> Delivery {
-        let Some(members) = self.channels.get(&channel) else {
-            return Delivery::default();
-        };
-        // The member set is copied so delivery may cut members off while walking it.
-        let targets: Vec<ConnectionId> = members
-            .iter()
+        // The targets are copied so delivery may cut members off while walking them.
+        let mut targets: Vec<ConnectionId> = self
+            .channels
+            .get(&channel)
+            .into_iter()
+            .flatten()
             .filter(|member| Some(*member) != exclude)
             .cloned()
             .collect();
+        if !self.prefixes.is_empty() {
+            // Each prefix of the name (the empty one and the whole name included) is one
+            // lookup; a connection matched several times is delivered to once.
+            let name = channel.as_str();
+            let mut seen: HashSet<&ConnectionId> = targets.iter().collect();
+            let mut matched = Vec::new();
+            let ends = name.char_indices().map(|(i, _)| i).chain([name.len()]);
+            for end in ends {
+                for member in self.prefixes.get(&name[..end]).into_iter().flatten() {
+                    if Some(member) != exclude && seen.insert(member) {
+                        matched.push(member.clone());
+                    }
+                }
+            }
+            targets.extend(matched);
+        }
         let publication = Publication::new(Some(channel), data, PublicationKind::Message);
         self.fan_out(targets.iter(), publication)
     }
@@ -456,6 +524,7 @@ impl Handler<Connect> for Hub {
                 remote: msg.remote,
                 since: SystemTime::now(),
                 channels: BTreeSet::new(),
+                prefixes: BTreeSet::new(),
             },
         );
         Ok(())

@@ -87,6 +87,12 @@ pub async fn run(
             web::Data::new(RouteContext {
                 path: Arc::from(route.path.as_str()),
                 dialect: route.dialect,
+                options: crate::dialect::DialectOptions {
+                    strict: route.strict,
+                    client_publish: route.client_publish,
+                    xrf_token: None,
+                },
+                xrf_cookie: route.xrf_cookie.clone(),
                 limits: config.limits.clone(),
                 hub: hub.clone(),
                 client_ids: route.path.contains("{id}"),

@@ -19,7 +19,7 @@ use crate::backend::Backend;
 use crate::channel::{close_code, Close, Frame};
 use crate::config::LimitsConfig;
 use crate::connection::ConnectionId;
-use crate::dialect::{Action, Dialect, DialectKind};
+use crate::dialect::{Action, Dialect, DialectKind, DialectOptions};
 use crate::hub::{Apply, Connect, ConnectRefused, Deliver, Disconnect, Hub, Outbound};
 
 /// What every session of one route shares.
@@ -28,6 +28,10 @@ pub struct RouteContext {
     pub path: Arc<str>,
     /// The dialect its clients speak.
     pub dialect: DialectKind,
+    /// The dialect's settings (topics: strict, client_publish).
+    pub options: DialectOptions,
+    /// groups: the handshake cookie each message must repeat as `xrftoken`.
+    pub xrf_cookie: Option<String>,
     /// Per-connection limits and the heartbeat.
     pub limits: LimitsConfig,
     /// The hub every session registers with.
@@ -138,8 +142,16 @@ pub async fn upgrade(
             headers.into_iter().map(|(k, v)| (k, v.into())).collect();
         serde_json::json!({"headers": headers, "remote": remote.as_deref()})
     });
+    let mut options = route.options.clone();
+    if let Some(cookie) = &route.xrf_cookie {
+        options.xrf_token = Some(
+            req.cookie(cookie)
+                .map(|c| c.value().to_owned())
+                .unwrap_or_default(),
+        );
+    }
     let session = Session {
-        dialect: Dialect::new(route.dialect, &id),
+        dialect: Dialect::new(route.dialect, &id, options),
         id,
         route: route.into_inner(),
         remote,

@@ -255,7 +255,7 @@ fn respond(id: Value, outcome: Option<OpOutcome>, conn: &ConnectionId) -> Value 
             SERVER_ERROR,
             &format!("Client `{conn}` is not a subscriber of the channel `{channel}`"),
         ),
-        Some(OpOutcome::UnknownConnection) | None => error(
+        Some(OpOutcome::UnknownConnection | OpOutcome::Replaced { .. }) | None => error(
             id,
             SERVER_ERROR,
             "Server error: this connection is not registered with the hub",

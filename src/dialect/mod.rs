@@ -2,8 +2,10 @@
 //! [`Action`] (relay it, ask the hub, answer, close) and a publication into the frame its clients
 //! expect. Dialects know nothing of sockets, actors or HTTP, so each is unit-tested on values.
 
+pub mod groups;
 pub mod jsonrpc;
 pub mod raw;
+pub mod topics;
 
 use serde::Deserialize;
 
@@ -20,17 +22,25 @@ pub enum DialectKind {
     /// RocketWS's JSON-RPC 2.0 channels.
     #[serde(rename = "jsonrpc")]
     JsonRpc,
+    /// AWX's declarative groups.
+    #[serde(rename = "groups")]
+    Groups,
+    /// fedmsg's topic prefixes.
+    #[serde(rename = "topics")]
+    Topics,
 }
 
 impl DialectKind {
     /// How many dialects there are (the size of per-dialect caches).
-    pub const COUNT: usize = 2;
+    pub const COUNT: usize = 4;
 
     /// A dense index for per-dialect caches.
     pub fn index(self) -> usize {
         match self {
             DialectKind::Raw => 0,
             DialectKind::JsonRpc => 1,
+            DialectKind::Groups => 2,
+            DialectKind::Topics => 3,
         }
     }
 
@@ -39,6 +49,8 @@ impl DialectKind {
         match self {
             DialectKind::Raw => "raw",
             DialectKind::JsonRpc => "jsonrpc",
+            DialectKind::Groups => "groups",
+            DialectKind::Topics => "topics",
         }
     }
 }
@@ -83,14 +95,34 @@ pub enum Dialect {
     Raw(raw::Raw),
     /// JSON-RPC channels.
     JsonRpc(jsonrpc::JsonRpc),
+    /// AWX groups.
+    Groups(groups::Groups),
+    /// fedmsg topics.
+    Topics(topics::Topics),
+}
+
+/// A route's dialect settings from the config.
+#[derive(Debug, Clone, Default)]
+pub struct DialectOptions {
+    /// topics: match exactly instead of by prefix.
+    pub strict: bool,
+    /// topics: clients may publish `{"topic", "body"}`.
+    pub client_publish: bool,
+    /// groups: the value of the handshake cookie every message must carry as `xrftoken`
+    /// (`Some("")` when the rule is on but the cookie was missing).
+    pub xrf_token: Option<String>,
 }
 
 impl Dialect {
     /// The codec for one connection.
-    pub fn new(kind: DialectKind, id: &ConnectionId) -> Self {
+    pub fn new(kind: DialectKind, id: &ConnectionId, options: DialectOptions) -> Self {
         match kind {
             DialectKind::Raw => Dialect::Raw(raw::Raw),
             DialectKind::JsonRpc => Dialect::JsonRpc(jsonrpc::JsonRpc::new(id.clone())),
+            DialectKind::Groups => Dialect::Groups(groups::Groups::new(options.xrf_token)),
+            DialectKind::Topics => {
+                Dialect::Topics(topics::Topics::new(options.strict, options.client_publish))
+            }
         }
     }
 
@@ -99,6 +131,8 @@ impl Dialect {
         match self {
             Dialect::Raw(_) => DialectKind::Raw,
             Dialect::JsonRpc(_) => DialectKind::JsonRpc,
+            Dialect::Groups(_) => DialectKind::Groups,
+            Dialect::Topics(_) => DialectKind::Topics,
         }
     }
 
@@ -107,6 +141,8 @@ impl Dialect {
         match self {
             Dialect::Raw(d) => d.decode(frame),
             Dialect::JsonRpc(d) => d.decode(frame),
+            Dialect::Groups(d) => d.decode(frame),
+            Dialect::Topics(d) => d.decode(frame),
         }
     }
 
@@ -115,6 +151,8 @@ impl Dialect {
         match self {
             Dialect::Raw(_) => publication.frame_for(DialectKind::Raw, raw::encode),
             Dialect::JsonRpc(_) => publication.frame_for(DialectKind::JsonRpc, jsonrpc::encode),
+            Dialect::Groups(_) => publication.frame_for(DialectKind::Groups, groups::encode),
+            Dialect::Topics(_) => publication.frame_for(DialectKind::Topics, topics::encode),
         }
     }
 }

@@ -1,0 +1,180 @@
+//! The groups dialect (AWX channels). `{"groups": {"jobs": ["status_changed"], "job_events":
+//! [42]}}` replaces the connection's whole subscription set with the groups `jobs-status_changed`
+//! and `job_events-42`; `{"groups": {}}` leaves all. The reply is `{"groups_current",
+//! "groups_left", "groups_joined"}`. A value that is not a list is refused with
+//! `{"error": "access denied to channel"}` and the message is ignored. With the xrftoken rule on,
+//! every message must carry `"xrftoken"` equal to the named cookie of the handshake. Deliveries
+//! are the published JSON as it is.
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Value};
+
+use crate::channel::{ChannelName, Frame, Publication};
+use crate::hub::{ChannelOp, OpOutcome};
+
+use super::{Action, ReplyPlan};
+
+/// AWX's refusal, sent for a bad token or a malformed `groups` value.
+const ACCESS_DENIED: &str = "access denied to channel";
+
+/// Groups codec for one connection.
+pub struct Groups {
+    /// The token every message must carry, when the xrftoken rule is on.
+    xrf_token: Option<String>,
+}
+
+impl Groups {
+    /// A codec; `xrf_token` is the handshake cookie's value when the rule is on (a missing
+    /// cookie makes an empty token that no message can match).
+    pub fn new(xrf_token: Option<String>) -> Self {
+        Self { xrf_token }
+    }
+
+    /// Client frame -> action.
+    pub fn decode(&mut self, frame: Frame) -> Action {
+        let Frame::Text(text) = frame else {
+            return denied();
+        };
+        let Ok(Value::Object(message)) = serde_json::from_str::<Value>(&text) else {
+            return denied();
+        };
+        if let Some(expected) = &self.xrf_token {
+            let given = message.get("xrftoken").and_then(Value::as_str);
+            if expected.is_empty() || given != Some(expected.as_str()) {
+                return denied();
+            }
+        }
+        let Some(groups) = message.get("groups") else {
+            return Action::Ignore;
+        };
+        let Value::Object(groups) = groups else {
+            return denied();
+        };
+        let mut wanted = BTreeSet::new();
+        for (key, items) in groups {
+            let Value::Array(items) = items else {
+                return denied();
+            };
+            for item in items {
+                let item = match item {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                match ChannelName::parse(&format!("{key}-{item}")) {
+                    Ok(channel) => {
+                        wanted.insert(channel);
+                    }
+                    Err(_) => return denied(),
+                }
+            }
+        }
+        Action::Hub {
+            ops: vec![ChannelOp::Replace(wanted)],
+            reply: ReplyPlan::new(|outcomes| match outcomes.into_iter().next() {
+                Some(OpOutcome::Replaced {
+                    current,
+                    left,
+                    joined,
+                }) => Some(Frame::text(
+                    json!({
+                        "groups_current": current,
+                        "groups_left": left,
+                        "groups_joined": joined,
+                    })
+                    .to_string(),
+                )),
+                _ => Some(Frame::text(json!({"error": ACCESS_DENIED}).to_string())),
+            }),
+        }
+    }
+}
+
+fn denied() -> Action {
+    Action::Reply(Frame::text(json!({"error": ACCESS_DENIED}).to_string()))
+}
+
+/// Publication -> the published JSON itself.
+pub fn encode(publication: &Publication) -> Frame {
+    Frame::text(publication.data.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(name: &str) -> ChannelName {
+        ChannelName::parse(name).unwrap()
+    }
+
+    fn decode(codec: &mut Groups, text: &str) -> Result<Vec<ChannelOp>, Value> {
+        match codec.decode(Frame::text(text)) {
+            Action::Hub { ops, .. } => Ok(ops),
+            Action::Reply(Frame::Text(reply)) => Err(serde_json::from_str(&reply).unwrap()),
+            Action::Ignore => Ok(vec![]),
+            _ => panic!("unexpected action"),
+        }
+    }
+
+    #[test]
+    fn groups_become_key_item_channels_replacing_the_set() {
+        let ops = decode(
+            &mut Groups::new(None),
+            r#"{"groups": {"jobs": ["status_changed", "summary"], "job_events": [42]}}"#,
+        )
+        .unwrap();
+        let wanted: BTreeSet<_> = ["jobs-status_changed", "jobs-summary", "job_events-42"]
+            .into_iter()
+            .map(channel)
+            .collect();
+        assert_eq!(ops, vec![ChannelOp::Replace(wanted)]);
+        assert_eq!(
+            decode(&mut Groups::new(None), r#"{"groups": {}}"#).unwrap(),
+            vec![ChannelOp::Replace(BTreeSet::new())]
+        );
+    }
+
+    #[test]
+    fn the_reply_lists_current_left_and_joined() {
+        let Action::Hub { reply, .. } =
+            Groups::new(None).decode(Frame::text(r#"{"groups": {"a": [1]}}"#))
+        else {
+            panic!()
+        };
+        let frame = reply.render(vec![OpOutcome::Replaced {
+            current: vec![channel("a-1")],
+            left: vec![channel("b-2")],
+            joined: vec![channel("a-1")],
+        }]);
+        let Some(Frame::Text(text)) = frame else {
+            panic!()
+        };
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            value,
+            json!({"groups_current": ["a-1"], "groups_left": ["b-2"], "groups_joined": ["a-1"]})
+        );
+    }
+
+    #[test]
+    fn non_lists_and_bad_tokens_are_denied() {
+        let denied = json!({"error": "access denied to channel"});
+        assert_eq!(
+            decode(
+                &mut Groups::new(None),
+                r#"{"groups": {"jobs": "status_changed"}}"#
+            ),
+            Err(denied.clone())
+        );
+        let mut guarded = Groups::new(Some("t0k".into()));
+        assert_eq!(
+            decode(&mut guarded, r#"{"groups": {}}"#),
+            Err(denied.clone())
+        );
+        assert_eq!(
+            decode(&mut guarded, r#"{"groups": {}, "xrftoken": "nope"}"#),
+            Err(denied)
+        );
+        assert!(decode(&mut guarded, r#"{"groups": {}, "xrftoken": "t0k"}"#).is_ok());
+    }
+}
