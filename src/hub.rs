@@ -205,6 +205,8 @@ pub struct ConnectionInfo {
     pub remote: Option<Arc<str>>,
     /// Channels it is a member of, sorted.
     pub channels: Vec<ChannelName>,
+    /// Topic prefixes it receives (topics dialect), sorted.
+    pub prefixes: Vec<Arc<str>>,
     /// When it connected, Unix seconds.
     pub connected_since: u64,
 }
@@ -600,6 +602,7 @@ impl Handler<ListConnections> for Hub {
                 route: entry.route.clone(),
                 remote: entry.remote.clone(),
                 channels: entry.channels.iter().cloned().collect(),
+                prefixes: entry.prefixes.iter().cloned().collect(),
                 connected_since: entry
                     .since
                     .duration_since(SystemTime::UNIX_EPOCH)
