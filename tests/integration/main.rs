@@ -4,10 +4,12 @@
 //! push API through awc.
 
 mod config;
+mod dialects;
 mod echo;
 mod harness;
 mod jsonrpc;
 mod lifecycle;
 mod mock_backend;
+mod nginx;
 mod push_api;
 mod relay;
