@@ -436,6 +436,12 @@ impl Config {
                     "`/` is the sample page; set server.page = false to use it as a route".into(),
                 ));
             }
+            if shared_listener && path.contains("{id}") {
+                return Err(invalid(
+                    &key,
+                    format!("`{path}` would match the push API's paths on the shared listener; give push.listen its own address"),
+                ));
+            }
             if shared_listener && PUSH_PATHS.iter().any(|p| path.starts_with(p)) {
                 return Err(invalid(
                     &key,

@@ -230,6 +230,15 @@ pub struct ChannelInfo {
 #[rtype(result = "Vec<ChannelInfo>")]
 pub struct ListChannels;
 
+/// Backend port -> hub: how many connections are members of `channel`, or, with `None`, how
+/// many are members of at least one channel or prefix.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CountSubscribers {
+    /// The channel, or `None` for all subscribers.
+    pub channel: Option<ChannelName>,
+}
+
 /// Counters since start, for health and metrics.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct HubStats {
@@ -629,6 +638,21 @@ impl Handler<ListChannels> for Hub {
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         MessageResult(list)
+    }
+}
+
+impl Handler<CountSubscribers> for Hub {
+    type Result = usize;
+
+    fn handle(&mut self, msg: CountSubscribers, _: &mut Context<Self>) -> usize {
+        match msg.channel {
+            Some(channel) => self.channels.get(&channel).map_or(0, HashSet::len),
+            None => self
+                .connections
+                .values()
+                .filter(|e| !e.channels.is_empty() || !e.prefixes.is_empty())
+                .count(),
+        }
     }
 }
 

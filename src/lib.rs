@@ -11,6 +11,7 @@
 //! - [`backend`]: where relay routes send frames: the loopback echo, or [`backend::http`], one
 //!   actor per worker that relays to an application in SocketDock's or ws2api's format.
 //! - [`push`]: the push API for backends (HTTP handlers -> hub messages).
+//! - [`push_rpc`]: RocketWS's JSON-RPC backend port (`POST /` on the push listener).
 //! - [`channel`], [`connection`]: the values that travel: frames, publications, ids.
 
 pub mod backend;
@@ -20,6 +21,7 @@ pub mod connection;
 pub mod dialect;
 pub mod hub;
 pub mod push;
+pub mod push_rpc;
 pub mod server;
 pub mod session;
 

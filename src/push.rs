@@ -10,6 +10,7 @@
 //! | `POST /api/connections/{id}/close` | `{"code": 1000\|3000-4999, "reason": str}` (optional) | `{"closed": true}` |
 //! | `POST /api/publish` | `{"channel": str, "data": any}` | `{"channel", "reached", "dropped"}` |
 //! | `POST /api/broadcast` | `{"data": any}` | `{"reached", "dropped"}` |
+//! | `POST /` | JSON-RPC 2.0 (RocketWS's backend port, see `push_rpc`) | JSON-RPC response |
 //!
 //! Errors: 400 malformed body or id, 401 missing/wrong bearer token, 404 unknown connection or
 //! path, 413 body too large, 503 queue full or hub unavailable; each as
@@ -152,15 +153,17 @@ pub fn configure(cfg: &mut web::ServiceConfig, relay: Option<RelayFormat>) {
         }
         None => {}
     }
-    cfg.route("/healthz", web::get().to(healthz)).service(
-        web::scope("/api")
-            .route("/connections", web::get().to(list_connections))
-            .route("/channels", web::get().to(list_channels))
-            .route("/connections/{id}/send", web::post().to(send))
-            .route("/connections/{id}/close", web::post().to(close))
-            .route("/publish", web::post().to(publish))
-            .route("/broadcast", web::post().to(broadcast)),
-    );
+    cfg.route("/", web::post().to(crate::push_rpc::handle))
+        .route("/healthz", web::get().to(healthz))
+        .service(
+            web::scope("/api")
+                .route("/connections", web::get().to(list_connections))
+                .route("/channels", web::get().to(list_channels))
+                .route("/connections/{id}/send", web::post().to(send))
+                .route("/connections/{id}/close", web::post().to(close))
+                .route("/publish", web::post().to(publish))
+                .route("/broadcast", web::post().to(broadcast)),
+        );
 }
 
 /// The JSON 404 for paths no route matches.
@@ -172,7 +175,8 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     )))
 }
 
-async fn read_body(
+/// Read a request body up to the push API's limit.
+pub(crate) async fn read_body(
     mut payload: web::Payload,
     settings: &PushSettings,
 ) -> Result<web::Bytes, ApiError> {

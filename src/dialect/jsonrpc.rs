@@ -113,52 +113,16 @@ impl JsonRpc {
 
     /// One request object -> its immediate response or the hub operation it needs.
     fn call(&self, call: Value) -> Call {
-        let Value::Object(mut call) = call else {
-            return Call::Ready(Some(error(
-                Value::Null,
-                INVALID_REQUEST,
-                "Invalid Request: a request must be a JSON object",
-            )));
-        };
-        // A request without "id" is a notification: run it, never answer it.
-        let id = match call.remove("id") {
-            None => None,
-            Some(id @ (Value::Null | Value::Number(_) | Value::String(_))) => Some(id),
-            Some(_) => {
-                return Call::Ready(Some(error(
-                    Value::Null,
-                    INVALID_REQUEST,
-                    "Invalid Request: id must be a string, a number or null",
-                )))
-            }
+        let Request {
+            id,
+            method,
+            mut params,
+        } = match Request::parse(call) {
+            Ok(request) => request,
+            Err(response) => return Call::Ready(response),
         };
         let fail =
             |code: i64, message: &str| Call::Ready(id.clone().map(|id| error(id, code, message)));
-        if call.get("jsonrpc") != Some(&Value::String("2.0".into())) {
-            // An invalid request is answered even without an id (with id null), per the spec.
-            return Call::Ready(Some(error(
-                id.clone().unwrap_or(Value::Null),
-                INVALID_REQUEST,
-                "Invalid Request: \"jsonrpc\" must be \"2.0\"",
-            )));
-        }
-        let Some(Value::String(method)) = call.remove("method") else {
-            return Call::Ready(Some(error(
-                id.clone().unwrap_or(Value::Null),
-                INVALID_REQUEST,
-                "Invalid Request: \"method\" must be a string",
-            )));
-        };
-        let mut params = match call.remove("params") {
-            None => Map::new(),
-            Some(Value::Object(params)) => params,
-            Some(_) => {
-                return fail(
-                    INVALID_PARAMS,
-                    "Invalid params: params must be an object, e.g. {\"channel\": \"chat\"}",
-                )
-            }
-        };
         let op = match method.as_str() {
             "heartbeat" => {
                 return Call::Ready(id.map(|id| success(id, json!({"heartbeat": "ok"}))));
@@ -200,13 +164,77 @@ impl JsonRpc {
     }
 }
 
+/// A JSON-RPC 2.0 request whose envelope is valid.
+pub struct Request {
+    /// The id; `None` for a notification (run it, never answer it).
+    pub id: Option<Value>,
+    /// The method name.
+    pub method: String,
+    /// The params object (empty when absent).
+    pub params: Map<String, Value>,
+}
+
+impl Request {
+    /// Check the envelope of one request. `Err` holds the error response to send, or `None`
+    /// where the spec says a notification gets no answer.
+    pub fn parse(call: Value) -> Result<Self, Option<Value>> {
+        let Value::Object(mut call) = call else {
+            return Err(Some(error(
+                Value::Null,
+                INVALID_REQUEST,
+                "Invalid Request: a request must be a JSON object",
+            )));
+        };
+        let id = match call.remove("id") {
+            None => None,
+            Some(id @ (Value::Null | Value::Number(_) | Value::String(_))) => Some(id),
+            Some(_) => {
+                return Err(Some(error(
+                    Value::Null,
+                    INVALID_REQUEST,
+                    "Invalid Request: id must be a string, a number or null",
+                )))
+            }
+        };
+        // An invalid request is answered even without an id (with id null), per the spec.
+        let invalid = |message: &str| {
+            Err(Some(error(
+                id.clone().unwrap_or(Value::Null),
+                INVALID_REQUEST,
+                message,
+            )))
+        };
+        if call.get("jsonrpc") != Some(&Value::String("2.0".into())) {
+            return invalid("Invalid Request: \"jsonrpc\" must be \"2.0\"");
+        }
+        let Some(Value::String(method)) = call.remove("method") else {
+            return invalid("Invalid Request: \"method\" must be a string");
+        };
+        let params = match call.remove("params") {
+            None => Map::new(),
+            Some(Value::Object(params)) => params,
+            Some(_) => {
+                return Err(id.map(|id| {
+                    error(
+                        id,
+                        INVALID_PARAMS,
+                        "Invalid params: params must be an object, e.g. {\"channel\": \"chat\"}",
+                    )
+                }))
+            }
+        };
+        Ok(Self { id, method, params })
+    }
+}
+
 /// What one call needs.
 enum Call {
     Ready(Option<Value>),
     Op { id: Option<Value>, op: ChannelOp },
 }
 
-fn channel_param(params: &Map<String, Value>) -> Result<ChannelName, String> {
+/// `params.channel` as a valid channel name, or the -32602 message.
+pub fn channel_param(params: &Map<String, Value>) -> Result<ChannelName, String> {
     match params.get("channel") {
         Some(Value::String(name)) => {
             ChannelName::parse(name).map_err(|e| format!("Invalid params: params.channel: {e}"))
@@ -263,11 +291,13 @@ fn respond(id: Value, outcome: Option<OpOutcome>, conn: &ConnectionId) -> Value 
     }
 }
 
-fn success(id: Value, result: Value) -> Value {
+/// A success response.
+pub fn success(id: Value, result: Value) -> Value {
     json!({"jsonrpc": "2.0", "result": result, "id": id})
 }
 
-fn error(id: Value, code: i64, message: &str) -> Value {
+/// An error response.
+pub fn error(id: Value, code: i64, message: &str) -> Value {
     json!({"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": id})
 }
 

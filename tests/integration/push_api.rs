@@ -182,3 +182,83 @@ async fn push_api_can_share_the_websocket_listener() {
     assert_eq!(reply.status, 200);
     assert_eq!(next_data(&mut ws).await, Message::Text("same port".into()));
 }
+
+#[actix_web::test]
+async fn rocketws_backend_port_speaks_json_rpc() {
+    let config = "[server]\npage = false\n[[routes]]\npath = \"/rpc\"\ndialect = \"jsonrpc\"\n[[routes]]\npath = \"/websocket/\"\ndialect = \"groups\"\n";
+    let hub = start(config);
+    let mut a = connect(&hub.ws_url("/rpc")).await;
+    for channel in ["chat", "news"] {
+        call(&mut a, json!({"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": {"channel": channel}})).await;
+    }
+    let mut b = connect(&hub.ws_url("/websocket/")).await;
+    call(&mut b, json!({"groups": {"chat": ["room"]}})).await;
+    let mut idle = connect(&hub.ws_url("/rpc")).await;
+    wait_for_connections(&hub, 3).await;
+
+    let rpc = |body: serde_json::Value| {
+        let url = hub.push_url("/");
+        async move { http("POST", &url, None, Some(&body.to_string())).await }
+    };
+    let reply = rpc(json!({"jsonrpc": "2.0", "id": 1, "method": "emit", "params": {"channel": "chat", "data": {"m": 1}}})).await;
+    assert_eq!(
+        (reply.status, reply.json.clone()),
+        (
+            200,
+            json!({"jsonrpc": "2.0", "result": "emitted: 1", "id": 1})
+        )
+    );
+    assert_eq!(next_json(&mut a).await["m"], 1);
+    let reply = rpc(json!({"jsonrpc": "2.0", "id": 2, "method": "emit", "params": {"channel": "chat-room", "data": {"m": 2}}})).await;
+    assert_eq!(
+        reply.json["result"], "emitted: 1",
+        "reaches the groups dialect too"
+    );
+    assert_eq!(next_json(&mut b).await, json!({"m": 2}));
+
+    // notify_all: every connection once, even `a` which is in two channels.
+    let reply = rpc(json!({"jsonrpc": "2.0", "id": 3, "method": "notify_all", "params": {"data": {"sys": true}}})).await;
+    assert_eq!(reply.json["result"], "notified: 3");
+    assert_eq!(next_json(&mut a).await["__type"], "broadcast");
+    assert_eq!(next_json(&mut b).await, json!({"sys": true}));
+    assert_eq!(next_json(&mut idle).await["__type"], "broadcast");
+    let heartbeat = call(
+        &mut a,
+        json!({"jsonrpc": "2.0", "id": 9, "method": "heartbeat"}),
+    )
+    .await;
+    assert_eq!(
+        heartbeat["id"], 9,
+        "no second broadcast frame for the second channel"
+    );
+
+    let reply = rpc(json!([
+        {"jsonrpc": "2.0", "id": 4, "method": "total_subscribers", "params": {"channel": "chat"}},
+        {"jsonrpc": "2.0", "id": 5, "method": "total_subscribers", "params": {"channel": null}},
+        {"jsonrpc": "2.0", "id": 6, "method": "available_channels"},
+        {"jsonrpc": "2.0", "id": 7, "method": "ping"},
+        {"jsonrpc": "2.0", "method": "ping"}
+    ]))
+    .await;
+    assert_eq!(
+        reply.json,
+        json!([
+            {"jsonrpc": "2.0", "result": 1, "id": 4},
+            {"jsonrpc": "2.0", "result": 2, "id": 5},
+            {"jsonrpc": "2.0", "result": ["chat", "chat-room", "news"], "id": 6},
+            {"jsonrpc": "2.0", "result": {"ping": "ok"}, "id": 7}
+        ])
+    );
+
+    let code = |reply: &Reply| reply.json["error"]["code"].clone();
+    let reply = http("POST", &hub.push_url("/"), None, Some("{nope")).await;
+    assert_eq!((reply.status, code(&reply)), (200, json!(-32700)));
+    let reply = rpc(json!({"jsonrpc": "2.0", "id": 8, "method": "explode"})).await;
+    assert_eq!(code(&reply), -32601);
+    let reply = rpc(json!({"jsonrpc": "2.0", "id": 8, "method": "emit", "params": {"channel": "chat", "data": 5}})).await;
+    assert_eq!(code(&reply), -32602);
+    let reply = rpc(json!({"jsonrpc": "2.0", "id": 8, "method": "emit", "params": ["chat"]})).await;
+    assert_eq!(code(&reply), -32602);
+    let reply = rpc(json!({"jsonrpc": "2.0", "method": "ping"})).await;
+    assert_eq!(reply.status, 204, "a notification gets no response body");
+}
