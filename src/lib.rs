@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - `main.rs`: the binary: flags, config loading, logging, signals.
+//! - [`cli`]: operator commands and the interactive shell (clients of the push API).
 //! - [`config`]: the TOML config, its defaults and validation.
 //! - [`server`]: wiring: listeners, the HTTP apps, graceful shutdown.
 //! - [`hub`]: the hub actor: connection registry, channels, delivery policy (pure state).
@@ -16,6 +17,7 @@
 
 pub mod backend;
 pub mod channel;
+pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod dialect;

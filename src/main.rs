@@ -1,10 +1,12 @@
 //! The `switchboard` binary: reads flags and the config, sets up logging, binds the listeners
-//! and runs the hub until SIGTERM or SIGINT.
+//! and runs the hub until SIGTERM or SIGINT. With a subcommand it is the operator CLI instead,
+//! talking to a running hub's push API.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use switchboard::cli::{self, Command, Target};
 use switchboard::config::{Address, Config};
 use switchboard::Listeners;
 
@@ -27,6 +29,107 @@ struct Cli {
     /// Override log.level (RUST_LOG, when set, wins over both).
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Operator commands: the push API's base URL (default: from the config's push.listen).
+    #[arg(long, value_name = "URL", global = true)]
+    push_url: Option<String>,
+    /// Operator commands: the push API's bearer token (default: the config's push.token).
+    #[arg(long, env = "SWITCHBOARD_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Without a subcommand the hub runs.
+    #[command(subcommand)]
+    command: Option<Operator>,
+}
+
+/// Operator commands against a running hub.
+#[derive(Subcommand)]
+enum Operator {
+    /// Publish JSON (or a bare string) to a channel.
+    Publish { channel: String, data: String },
+    /// Send JSON (or a bare string) to every connection.
+    Broadcast { data: String },
+    /// Send a text frame to one connection.
+    Send { id: String, text: String },
+    /// Close one connection.
+    Close {
+        id: String,
+        #[arg(long, default_value_t = 1000)]
+        code: u16,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List connections.
+    Connections,
+    /// List channels.
+    Channels,
+    /// Interactive shell with history (type help).
+    Shell,
+}
+
+/// Exit code for an operator command that failed.
+const EXIT_COMMAND_FAILED: u8 = 1;
+
+fn operate(cli: &Cli, operator: &Operator) -> ExitCode {
+    let configured = || load(cli).ok();
+    let base = cli.push_url.clone().unwrap_or_else(|| {
+        let listen = configured().map_or_else(
+            || "127.0.0.1:8081".parse().expect("literal"),
+            |c| c.push.listen.0,
+        );
+        let host = if listen.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            listen.ip().to_string()
+        };
+        format!("http://{host}:{}", listen.port())
+    });
+    let token = cli
+        .token
+        .clone()
+        .or_else(|| configured().and_then(|c| c.push.token));
+    let target = Target { base, token };
+    let command = match operator {
+        Operator::Publish { channel, data } => Command::Publish {
+            channel: channel.clone(),
+            data: cli::json_arg(data),
+        },
+        Operator::Broadcast { data } => Command::Broadcast {
+            data: cli::json_arg(data),
+        },
+        Operator::Send { id, text } => Command::Send {
+            id: id.clone(),
+            text: text.clone(),
+        },
+        Operator::Close { id, code, reason } => Command::Close {
+            id: id.clone(),
+            code: *code,
+            reason: reason.clone(),
+        },
+        Operator::Connections => Command::Connections,
+        Operator::Channels => Command::Channels,
+        Operator::Shell => {
+            let result = actix_web::rt::System::new().block_on(cli::shell(&target));
+            return match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("switchboard: {e:#}");
+                    ExitCode::from(EXIT_COMMAND_FAILED)
+                }
+            };
+        }
+    };
+    match actix_web::rt::System::new().block_on(command.run(&target)) {
+        Ok(reply) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&reply).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            ExitCode::from(EXIT_COMMAND_FAILED)
+        }
+    }
 }
 
 fn load(cli: &Cli) -> anyhow::Result<Config> {
@@ -63,6 +166,9 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(operator) = &cli.command {
+        return operate(&cli, operator);
+    }
     let config = match load(&cli) {
         Ok(config) => config,
         Err(e) => {
