@@ -32,6 +32,33 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// The optional hook asked before a connection joins a channel.
+    #[serde(default)]
+    pub authorization: AuthorizationConfig,
+}
+
+/// The `[authorization]` section: when `url` is set, the hub asks the application before a
+/// connection joins channels: `POST url {"connection_id", "channels": [...], "headers": {...},
+/// "remote"}` answered by `{"allowed": [...]}`. Anything else denies (fails closed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthorizationConfig {
+    /// The hook's URL; unset means every channel may be joined.
+    pub url: Option<String>,
+    /// How long an answer for (connection, channel) is reused; 0 asks every time.
+    pub cache_ms: u64,
+    /// Deadline for one question; a hook that does not answer in time denies.
+    pub timeout_ms: u64,
+}
+
+impl Default for AuthorizationConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            cache_ms: 0,
+            timeout_ms: 5_000,
+        }
+    }
 }
 
 /// The `[server]` section.
@@ -414,6 +441,20 @@ impl Config {
                 return Err(invalid(
                     "backend.max_in_flight",
                     "limits must be greater than 0".into(),
+                ));
+            }
+        }
+        if let Some(url) = &self.authorization.url {
+            if !url.starts_with("http://") || url.parse::<awc::http::Uri>().is_err() {
+                return Err(invalid(
+                    "authorization.url",
+                    format!("`{url}` is not an http:// URL"),
+                ));
+            }
+            if self.authorization.timeout_ms == 0 {
+                return Err(invalid(
+                    "authorization.timeout_ms",
+                    "must be greater than 0".into(),
                 ));
             }
         }

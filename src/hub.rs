@@ -111,6 +111,8 @@ pub enum OpOutcome {
     Unsubscribed,
     /// Published: how many connections it reached and how many were cut off as stalled.
     Published(Delivery),
+    /// The authorization hook refused this channel or prefix (never produced by the hub).
+    Denied(String),
     /// The channel set was replaced.
     Replaced {
         /// Channels now, sorted.
@@ -119,6 +121,8 @@ pub enum OpOutcome {
         left: Vec<ChannelName>,
         /// Channels joined, sorted.
         joined: Vec<ChannelName>,
+        /// Channels the authorization hook refused (filled in by the session, not the hub).
+        denied: Vec<ChannelName>,
     },
     /// The sender must be a member of this channel to publish to it.
     NotSubscribed(ChannelName),
@@ -448,6 +452,7 @@ impl Hub {
                     current,
                     left,
                     joined,
+                    denied: Vec::new(),
                 }
             }
             ChannelOp::Publish {

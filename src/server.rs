@@ -10,6 +10,7 @@ use actix::{Actor, Addr};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::Context as _;
 
+use crate::backend::authorizer::Authorizer;
 use crate::backend::http::PendingNotices;
 use crate::backend::Backend;
 use crate::channel::{close_code, Close};
@@ -121,7 +122,11 @@ pub async fn run(
         let notices = notices.clone();
         HttpServer::new(move || {
             let backend = web::Data::new(Backend::for_worker(&config.backend, &notices));
-            let mut app = App::new().app_data(backend).app_data(hub_data.clone());
+            let authorizer = web::Data::new(Authorizer::for_worker(&config.authorization));
+            let mut app = App::new()
+                .app_data(backend)
+                .app_data(authorizer)
+                .app_data(hub_data.clone());
             for route in &routes {
                 app = app.service(
                     web::resource(&*route.path)

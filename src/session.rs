@@ -2,6 +2,7 @@
 //! reassembly, and frames in and out. This is the only module that knows the WebSocket library
 //! (actix-web-actors); the rest of the hub sees [`Frame`]s and [`Close`]s.
 
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,13 +15,16 @@ use actix_web_actors::ws;
 use bytes::BytesMut;
 use bytestring::ByteString;
 
+use crate::backend::authorizer::{Authorize, Authorizer};
 use crate::backend::http::{BackendReply, Check, Closed, Open, Relay};
 use crate::backend::Backend;
 use crate::channel::{close_code, Close, Frame};
 use crate::config::LimitsConfig;
 use crate::connection::ConnectionId;
-use crate::dialect::{Action, Dialect, DialectKind, DialectOptions};
-use crate::hub::{Apply, Connect, ConnectRefused, Deliver, Disconnect, Hub, Outbound};
+use crate::dialect::{Action, Dialect, DialectKind, DialectOptions, ReplyPlan};
+use crate::hub::{
+    Apply, ChannelOp, Connect, ConnectRefused, Deliver, Disconnect, Hub, OpOutcome, Outbound,
+};
 
 /// What every session of one route shares.
 pub struct RouteContext {
@@ -79,6 +83,14 @@ pub struct Session {
     pending: usize,
     /// What the backend's connect notice carries; taken when the session starts.
     connect_info: Option<serde_json::Value>,
+    /// The authorization hook of this worker, when one is configured.
+    authorizer: Option<Addr<Authorizer>>,
+    /// Connect-time headers and address, kept for the authorization hook.
+    connect_context: Option<serde_json::Value>,
+    /// Hub actions waiting for an authorization answer ahead of them.
+    hub_actions: VecDeque<(Vec<ChannelOp>, ReplyPlan)>,
+    /// An authorization question is in flight.
+    authorizing: bool,
 }
 
 /// Upgrade an HTTP request on a route to a WebSocket session.
@@ -87,6 +99,7 @@ pub async fn upgrade(
     stream: web::Payload,
     route: web::Data<RouteContext>,
     backend: web::Data<Backend>,
+    authorizer: web::Data<Option<Addr<Authorizer>>>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let id = if route.client_ids {
         let text = req.match_info().get("id").unwrap_or_default();
@@ -102,8 +115,10 @@ pub async fn upgrade(
     };
     let remote = client_address(&req, &route.trusted_proxies);
     let relays = matches!(backend.get_ref(), Backend::Http { .. });
-    // Only the http backend tells the application about the upgrade request's headers.
-    let headers: Vec<(String, String)> = if relays {
+    let authorizer = authorizer.get_ref().clone();
+    // Only the http backend and the authorization hook tell the application about the
+    // upgrade request's headers.
+    let headers: Vec<(String, String)> = if relays || authorizer.is_some() {
         req.headers()
             .iter()
             .filter_map(|(name, value)| {
@@ -137,11 +152,13 @@ pub async fn upgrade(
             Err(_) => return Ok(HttpResponse::BadGateway().body("bad gateway")),
         }
     }
-    let connect_info = relays.then(|| {
+    let context = (relays || authorizer.is_some()).then(|| {
         let headers: serde_json::Map<String, serde_json::Value> =
             headers.into_iter().map(|(k, v)| (k, v.into())).collect();
         serde_json::json!({"headers": headers, "remote": remote.as_deref()})
     });
+    let connect_info = if relays { context.clone() } else { None };
+    let connect_context = if authorizer.is_some() { context } else { None };
     let mut options = route.options.clone();
     if let Some(cookie) = &route.xrf_cookie {
         options.xrf_token = Some(
@@ -163,6 +180,10 @@ pub async fn upgrade(
         serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
         pending: 0,
         connect_info,
+        authorizer,
+        connect_context,
+        hub_actions: VecDeque::new(),
+        authorizing: false,
     };
     let max = session.route.limits.max_message_size;
     ws::WsResponseBuilder::new(session, &req, stream)
@@ -329,31 +350,133 @@ impl Session {
                 }
             },
             Action::Hub { ops, reply } => {
-                let apply = Apply {
-                    id: self.id.clone(),
-                    ops,
-                };
-                self.route
-                    .hub
-                    .send(apply)
-                    .into_actor(self)
-                    .map(|result, act, ctx| match result {
-                        Ok(outcomes) => {
-                            if let Some(frame) = reply.render(outcomes) {
-                                Self::write(ctx, frame);
-                            }
-                        }
-                        Err(_) => act.close(
-                            ctx,
-                            Close::new(close_code::INTERNAL_ERROR, "hub unavailable"),
-                        ),
-                    })
-                    .spawn(ctx);
+                self.hub_actions.push_back((ops, reply));
+                self.next_hub_action(ctx);
             }
             Action::Reply(frame) => Self::write(ctx, frame),
             Action::Close(close) => self.close(ctx, close),
             Action::Ignore => {}
         }
+    }
+
+    /// Run queued hub actions in order. One that needs the authorization hook waits for its
+    /// answer, and the actions behind it wait too, so a client's requests keep their order.
+    fn next_hub_action(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        while !self.authorizing {
+            let Some((ops, reply)) = self.hub_actions.pop_front() else {
+                return;
+            };
+            let channels = channels_to_authorize(&ops);
+            match &self.authorizer {
+                Some(authorizer) if !channels.is_empty() => {
+                    self.authorizing = true;
+                    let question = Authorize {
+                        id: self.id.clone(),
+                        channels,
+                        context: self.connect_context.clone().unwrap_or_default(),
+                    };
+                    authorizer
+                        .send(question)
+                        .into_actor(self)
+                        .map(move |allowed, act, ctx| {
+                            act.authorizing = false;
+                            act.apply(ctx, ops, reply, Some(allowed.unwrap_or_default()));
+                            act.next_hub_action(ctx);
+                        })
+                        .spawn(ctx);
+                }
+                _ => self.apply(ctx, ops, reply, None),
+            }
+        }
+    }
+
+    /// Apply channel operations in the hub, minus what `allowed` (if any) refuses, and send
+    /// the dialect's rendering of the outcomes.
+    fn apply(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        ops: Vec<ChannelOp>,
+        reply: ReplyPlan,
+        allowed: Option<HashSet<String>>,
+    ) {
+        // For each op: Some(outcome) decided here, or None for "the hub's next outcome".
+        let mut decided = Vec::with_capacity(ops.len());
+        let mut kept = Vec::with_capacity(ops.len());
+        let mut replace_denied = Vec::new();
+        for op in ops {
+            let Some(allowed) = &allowed else {
+                kept.push(op);
+                decided.push(None);
+                continue;
+            };
+            match op {
+                ChannelOp::Subscribe(channel) if !allowed.contains(channel.as_str()) => {
+                    decided.push(Some(OpOutcome::Denied(channel.to_string())));
+                }
+                ChannelOp::SubscribePrefix(prefix) if !allowed.contains(&prefix) => {
+                    decided.push(Some(OpOutcome::Denied(prefix)));
+                }
+                ChannelOp::Replace(wanted) => {
+                    let (ok, denied): (BTreeSet<_>, BTreeSet<_>) = wanted
+                        .into_iter()
+                        .partition(|c| allowed.contains(c.as_str()));
+                    replace_denied = denied.into_iter().collect();
+                    kept.push(ChannelOp::Replace(ok));
+                    decided.push(None);
+                }
+                op => {
+                    kept.push(op);
+                    decided.push(None);
+                }
+            }
+        }
+        let merge = move |outcomes: Vec<OpOutcome>| {
+            let mut outcomes = outcomes.into_iter();
+            decided
+                .into_iter()
+                .map(|slot| match slot.or_else(|| outcomes.next()) {
+                    Some(OpOutcome::Replaced {
+                        current,
+                        left,
+                        joined,
+                        ..
+                    }) => OpOutcome::Replaced {
+                        current,
+                        left,
+                        joined,
+                        denied: replace_denied.clone(),
+                    },
+                    Some(outcome) => outcome,
+                    None => OpOutcome::UnknownConnection,
+                })
+                .collect::<Vec<_>>()
+        };
+        if kept.is_empty() {
+            for frame in reply.render(merge(Vec::new())) {
+                Self::write(ctx, frame);
+            }
+            return;
+        }
+        let apply = Apply {
+            id: self.id.clone(),
+            ops: kept,
+        };
+        self.route
+            .hub
+            .send(apply)
+            .into_actor(self)
+            .map(move |result, act, ctx| match result {
+                Ok(outcomes) => {
+                    for frame in reply.render(merge(outcomes)) {
+                        Self::write(ctx, frame);
+                    }
+                }
+                Err(_) => act.close(
+                    ctx,
+                    Close::new(close_code::INTERNAL_ERROR, "hub unavailable"),
+                ),
+            })
+            .spawn(ctx);
     }
 
     /// A fragment arrived: join it, enforcing the size limit and UTF-8 as it goes.
@@ -410,6 +533,20 @@ impl Session {
             self.on_frame(ctx, frame);
         }
     }
+}
+
+/// The channels (and topic prefixes) a list of operations would join.
+fn channels_to_authorize(ops: &[ChannelOp]) -> Vec<String> {
+    let mut channels = Vec::new();
+    for op in ops {
+        match op {
+            ChannelOp::Subscribe(channel) => channels.push(channel.to_string()),
+            ChannelOp::SubscribePrefix(prefix) => channels.push(prefix.clone()),
+            ChannelOp::Replace(wanted) => channels.extend(wanted.iter().map(|c| c.to_string())),
+            ChannelOp::Unsubscribe(_) | ChannelOp::Publish { .. } => {}
+        }
+    }
+    channels
 }
 
 /// Check the UTF-8 of a text message being joined, as far as it has arrived. A sequence cut at

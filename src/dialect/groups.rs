@@ -52,6 +52,8 @@ impl Groups {
             return denied();
         };
         let mut wanted = BTreeSet::new();
+        // Which key and item each channel came from, for per-resource denial messages.
+        let mut origin = Vec::new();
         for (key, items) in groups {
             let Value::Array(items) = items else {
                 return denied();
@@ -63,6 +65,7 @@ impl Groups {
                 };
                 match ChannelName::parse(&format!("{key}-{item}")) {
                     Ok(channel) => {
+                        origin.push((channel.clone(), key.clone(), item));
                         wanted.insert(channel);
                     }
                     Err(_) => return denied(),
@@ -71,20 +74,33 @@ impl Groups {
         }
         Action::Hub {
             ops: vec![ChannelOp::Replace(wanted)],
-            reply: ReplyPlan::new(|outcomes| match outcomes.into_iter().next() {
+            reply: ReplyPlan::new(move |outcomes| match outcomes.into_iter().next() {
                 Some(OpOutcome::Replaced {
                     current,
                     left,
                     joined,
-                }) => Some(Frame::text(
-                    json!({
-                        "groups_current": current,
-                        "groups_left": left,
-                        "groups_joined": joined,
-                    })
-                    .to_string(),
-                )),
-                _ => Some(Frame::text(json!({"error": ACCESS_DENIED}).to_string())),
+                    denied,
+                }) => {
+                    // AWX: one error frame per refused resource; the rest of the request applies.
+                    let mut frames: Vec<Frame> = denied
+                        .iter()
+                        .filter_map(|channel| origin.iter().find(|(c, _, _)| c == channel))
+                        .map(|(_, key, item)| {
+                            let message = format!("{ACCESS_DENIED} {key} for resource id {item}");
+                            Frame::text(json!({ "error": message }).to_string())
+                        })
+                        .collect();
+                    frames.push(Frame::text(
+                        json!({
+                            "groups_current": current,
+                            "groups_left": left,
+                            "groups_joined": joined,
+                        })
+                        .to_string(),
+                    ));
+                    frames
+                }
+                _ => vec![Frame::text(json!({"error": ACCESS_DENIED}).to_string())],
             }),
         }
     }
@@ -141,12 +157,14 @@ mod tests {
         else {
             panic!()
         };
-        let frame = reply.render(vec![OpOutcome::Replaced {
+        let mut frames = reply.render(vec![OpOutcome::Replaced {
             current: vec![channel("a-1")],
             left: vec![channel("b-2")],
             joined: vec![channel("a-1")],
+            denied: vec![],
         }]);
-        let Some(Frame::Text(text)) = frame else {
+        assert_eq!(frames.len(), 1);
+        let Some(Frame::Text(text)) = frames.pop() else {
             panic!()
         };
         let value: Value = serde_json::from_str(&text).unwrap();
@@ -154,6 +172,33 @@ mod tests {
             value,
             json!({"groups_current": ["a-1"], "groups_left": ["b-2"], "groups_joined": ["a-1"]})
         );
+    }
+
+    #[test]
+    fn refused_resources_get_their_own_error_frame() {
+        let Action::Hub { reply, .. } =
+            Groups::new(None).decode(Frame::text(r#"{"groups": {"job_events": [42, 43]}}"#))
+        else {
+            panic!()
+        };
+        let frames = reply.render(vec![OpOutcome::Replaced {
+            current: vec![channel("job_events-43")],
+            left: vec![],
+            joined: vec![channel("job_events-43")],
+            denied: vec![channel("job_events-42")],
+        }]);
+        let texts: Vec<Value> = frames
+            .iter()
+            .map(|f| match f {
+                Frame::Text(t) => serde_json::from_str(t).unwrap(),
+                Frame::Binary(_) => panic!(),
+            })
+            .collect();
+        assert_eq!(
+            texts[0],
+            json!({"error": "access denied to channel job_events for resource id 42"})
+        );
+        assert_eq!(texts[1]["groups_current"], json!(["job_events-43"]));
     }
 
     #[test]

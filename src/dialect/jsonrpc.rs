@@ -107,7 +107,9 @@ impl JsonRpc {
         let conn = self.id.clone();
         Action::Hub {
             ops,
-            reply: ReplyPlan::new(move |outcomes| render(slots, outcomes, batch, &conn)),
+            reply: ReplyPlan::new(move |outcomes| {
+                render(slots, outcomes, batch, &conn).into_iter().collect()
+            }),
         }
     }
 
@@ -278,6 +280,11 @@ fn respond(id: Value, outcome: Option<OpOutcome>, conn: &ConnectionId) -> Value 
         Some(OpOutcome::Published(delivery)) => {
             success(id, json!(format!("emitted: {}", delivery.reached)))
         }
+        Some(OpOutcome::Denied(channel)) => error(
+            id,
+            SERVER_ERROR,
+            &format!("access denied to channel `{channel}`"),
+        ),
         Some(OpOutcome::NotSubscribed(channel)) => error(
             id,
             SERVER_ERROR,
@@ -346,7 +353,7 @@ mod tests {
             Action::Reply(frame) => (vec![], Some(json_of(&frame))),
             Action::Ignore => (vec![], None),
             Action::Hub { ops, reply } => {
-                let frame = reply.render(outcomes);
+                let frame = reply.render(outcomes).pop();
                 (ops, frame.as_ref().map(json_of))
             }
             _ => panic!("unexpected action"),

@@ -55,17 +55,17 @@ impl DialectKind {
     }
 }
 
-/// Renders the hub's outcomes for a request into the reply frame, if the request wants one.
-pub struct ReplyPlan(Box<dyn FnOnce(Vec<OpOutcome>) -> Option<Frame>>);
+/// Renders the hub's outcomes for a request into the reply frames (none if it wants none).
+pub struct ReplyPlan(Box<dyn FnOnce(Vec<OpOutcome>) -> Vec<Frame>>);
 
 impl ReplyPlan {
     /// A plan from a closure.
-    pub fn new(render: impl FnOnce(Vec<OpOutcome>) -> Option<Frame> + 'static) -> Self {
+    pub fn new(render: impl FnOnce(Vec<OpOutcome>) -> Vec<Frame> + 'static) -> Self {
         Self(Box::new(render))
     }
 
     /// Render the reply from the outcomes of the plan's operations (same order).
-    pub fn render(self, outcomes: Vec<OpOutcome>) -> Option<Frame> {
+    pub fn render(self, outcomes: Vec<OpOutcome>) -> Vec<Frame> {
         (self.0)(outcomes)
     }
 }

@@ -72,7 +72,7 @@ impl Topics {
         };
         Action::Hub {
             ops: vec![op],
-            reply: ReplyPlan::new(|_| None),
+            reply: ReplyPlan::new(|_| Vec::new()),
         }
     }
 }
@@ -92,7 +92,7 @@ mod tests {
         match codec.decode(Frame::text(text)) {
             Action::Hub { ops, reply } => {
                 assert!(
-                    reply.render(vec![]).is_none(),
+                    reply.render(vec![]).is_empty(),
                     "fedmsg sends no acknowledgement"
                 );
                 ops

@@ -273,3 +273,91 @@ async fn one_publish_reaches_every_dialect_in_its_own_format() {
         json!({"maintenance": true})
     );
 }
+
+#[actix_web::test]
+async fn the_authorization_hook_allows_denies_and_partially_applies() {
+    let backend = crate::mock_backend::MockBackend::start();
+    let config = format!(
+        "{FOUR_ROUTES}\n[authorization]\nurl = \"{}\"\ncache_ms = 60000\n",
+        backend.url("/auth")
+    );
+    let hub = start(&config);
+
+    // AWX: the refused resource gets its own error frame; the rest of the request applies.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = hub.ws_url("/websocket/").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Cookie", "sessionid=s1".parse().unwrap());
+    let (mut groups, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    send_json(
+        &mut groups,
+        json!({"groups": {"jobs": ["summary"], "job_events": ["secret-1", 7]}}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut groups).await,
+        json!({"error": "access denied to channel job_events for resource id secret-1"})
+    );
+    let reply = next_json(&mut groups).await;
+    assert_eq!(
+        reply["groups_current"],
+        json!(["job_events-7", "jobs-summary"])
+    );
+    let asked = backend
+        .received()
+        .into_iter()
+        .find(|r| r.path == "/auth")
+        .unwrap()
+        .json();
+    assert_eq!(
+        asked["headers"]["cookie"], "sessionid=s1",
+        "the hook sees connect-time headers"
+    );
+    assert_eq!(asked["connection_id"].as_str().unwrap().len(), 32);
+
+    // JSON-RPC: a denial is a -32000 error; allowed answers are cached.
+    let mut rpc = connect(&hub.ws_url("/rpc")).await;
+    let subscribe = |id: i64, channel: &str| json!({"jsonrpc": "2.0", "id": id, "method": "subscribe", "params": {"channel": channel}});
+    let denied = call(&mut rpc, subscribe(1, "secret-room")).await;
+    assert_eq!(denied["error"]["code"], -32000);
+    assert_eq!(
+        denied["error"]["message"],
+        "access denied to channel `secret-room`"
+    );
+    assert_eq!(
+        call(&mut rpc, subscribe(2, "open")).await["result"],
+        "subscribed"
+    );
+    assert_eq!(
+        call(&mut rpc, subscribe(3, "open")).await["result"],
+        "subscribed"
+    );
+    let asked_open = backend
+        .received()
+        .iter()
+        .filter(|r| r.path == "/auth" && r.json()["channels"].to_string().contains("\"open\""))
+        .count();
+    assert_eq!(asked_open, 1, "the second subscribe used the cached answer");
+    // Order is kept behind a pending question: subscribe then send_data in one burst.
+    send_json(&mut rpc, subscribe(4, "fresh")).await;
+    send_json(&mut rpc, json!({"jsonrpc": "2.0", "id": 5, "method": "send_data", "params": {"channel": "fresh", "data": {}}})).await;
+    assert_eq!(next_json(&mut rpc).await["result"], "subscribed");
+    assert_eq!(next_json(&mut rpc).await["result"], "emitted: 0");
+
+    // topics: a refused prefix is ignored silently, like any fedmsg subscription.
+    let mut topics = connect(&hub.ws_url("/topics")).await;
+    send_json(
+        &mut topics,
+        json!({"topic": "__topic_subscribe__", "body": "secret.*"}),
+    )
+    .await;
+    topic_subscribe(&hub, &mut topics, "public.*").await;
+    let reply = post(
+        &hub,
+        "/api/publish",
+        &json!({"channel": "secret.x", "data": 1}),
+    )
+    .await;
+    assert_eq!(reply.json["reached"], 0);
+}

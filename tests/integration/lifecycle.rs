@@ -69,19 +69,29 @@ async fn a_client_that_stops_reading_is_cut_off_and_memory_stays_bounded() {
 
     let mut neighbour = connect(&hub.ws_url("/rpc")).await;
     call(&mut neighbour, subscribe).await;
+    // The neighbour reads everything; the publisher waits for it after each publish, so on a
+    // loaded machine only the stalled client can fall behind.
+    let received = std::rc::Rc::new(std::cell::Cell::new(0usize));
+    let counter = received.clone();
     let reader = actix_web::rt::spawn(async move {
-        let mut received = 0usize;
         while let Some(Ok(msg)) = neighbour.next().await {
             if let Message::Text(text) = msg {
                 assert!(text.contains("\"__type\":\"message\""));
-                received += 1;
-            }
-            if received == usize::MAX {
-                break;
+                counter.set(counter.get() + 1);
             }
         }
-        received
+        counter.get()
     });
+    let caught_up = |expected: usize| {
+        let received = received.clone();
+        async move {
+            let start = std::time::Instant::now();
+            while received.get() < expected {
+                assert!(start.elapsed() < WAIT, "the neighbour stopped receiving");
+                actix_web::rt::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
 
     let payload = "x".repeat(64 * 1024);
     let rss_start = hub.rss_kib();
@@ -103,6 +113,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_memory_stays_bounded() {
         }
         assert_eq!(reply.json["reached"], 2);
         reached_total += 1;
+        caught_up(reached_total).await;
     }
     let cut_at = cut_at.expect("the stalled client was never cut off");
     let rss_at_cut = hub.rss_kib();
@@ -120,6 +131,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_memory_stays_bounded() {
             (json!(1), json!(0))
         );
         reached_total += 1;
+        caught_up(reached_total).await;
     }
     let rss_end = hub.rss_kib();
     assert!(

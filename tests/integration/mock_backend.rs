@@ -45,6 +45,7 @@ pub struct MockBackend {
 /// - `POST /api/{id}`: body `silent` -> empty answer; `slow` -> answers after 3 s;
 ///   `fail` -> 500; otherwise the body echoed back prefixed with `re:` (bytes kept as sent).
 /// - `DELETE /api/{id}` and `POST /sd/...`: 200, empty.
+/// - `POST /auth`: `{"allowed": [...]}`, every asked channel without `secret` in its name.
 async fn script(
     req: HttpRequest,
     body: web::Bytes,
@@ -67,6 +68,17 @@ async fn script(
         body: body.to_vec(),
     };
     received.lock().unwrap().push(record.clone());
+    if record.path == "/auth" {
+        let asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let allowed: Vec<&str> = asked["channels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str())
+            .filter(|c| !c.contains("secret"))
+            .collect();
+        return HttpResponse::Ok().json(serde_json::json!({ "allowed": allowed }));
+    }
     let id = record.path.trim_start_matches("/api/");
     match (record.method.as_str(), record.path.starts_with("/api/")) {
         ("GET", true) if id.starts_with("deny") => HttpResponse::Ok().body("no"),

@@ -1,0 +1,131 @@
+//! The subscription authorization hook: one actor per worker thread that asks the application
+//! which channels a connection may join, caching answers for `authorization.cache_ms`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde_json::{json, Value};
+
+use crate::config::AuthorizationConfig;
+use crate::connection::ConnectionId;
+
+/// Past this many cached answers, expired ones are swept out on the next insert.
+const CACHE_SWEEP_AT: usize = 10_000;
+
+/// Session -> authorizer: which of these channels (or topic prefixes) may `id` join?
+#[derive(Message)]
+#[rtype(result = "HashSet<String>")]
+pub struct Authorize {
+    /// The connection.
+    pub id: ConnectionId,
+    /// The channels it asks for.
+    pub channels: Vec<String>,
+    /// Its connect-time headers and address, as the hook sees them.
+    pub context: Value,
+}
+
+/// One worker's authorization hook client.
+pub struct Authorizer {
+    client: awc::Client,
+    url: String,
+    ttl: Duration,
+    cache: HashMap<(ConnectionId, String), (bool, Instant)>,
+}
+
+impl Actor for Authorizer {
+    type Context = Context<Self>;
+}
+
+impl Authorizer {
+    /// The authorizer for the current worker, when a hook is configured.
+    pub fn for_worker(config: &AuthorizationConfig) -> Option<Addr<Self>> {
+        let url = config.url.clone()?;
+        let client = awc::Client::builder()
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .disable_redirects()
+            .finish();
+        Some(
+            Authorizer {
+                client,
+                url,
+                ttl: Duration::from_millis(config.cache_ms),
+                cache: HashMap::new(),
+            }
+            .start(),
+        )
+    }
+
+    fn cached(&self, id: &ConnectionId, channel: &str) -> Option<bool> {
+        let (allowed, expires) = self.cache.get(&(id.clone(), channel.to_owned()))?;
+        (Instant::now() < *expires).then_some(*allowed)
+    }
+}
+
+impl Handler<Authorize> for Authorizer {
+    type Result = ResponseActFuture<Self, HashSet<String>>;
+
+    fn handle(&mut self, msg: Authorize, _: &mut Context<Self>) -> Self::Result {
+        let mut allowed = HashSet::new();
+        let mut ask = Vec::new();
+        for channel in msg.channels {
+            match self.cached(&msg.id, &channel) {
+                Some(true) => {
+                    allowed.insert(channel);
+                }
+                Some(false) => {}
+                None => ask.push(channel),
+            }
+        }
+        if ask.is_empty() {
+            return Box::pin(actix::fut::ready(allowed));
+        }
+        let mut body = json!({"connection_id": msg.id, "channels": ask});
+        if let (Value::Object(body), Value::Object(context)) = (&mut body, msg.context) {
+            body.extend(context);
+        }
+        let request = self.client.post(&self.url).send_json(&body);
+        let url = self.url.clone();
+        let id = msg.id;
+        Box::pin(
+            async move {
+                let mut response = request.await.map_err(|e| e.to_string())?;
+                if !response.status().is_success() {
+                    return Err(format!("answered {}", response.status()));
+                }
+                let answer: Value = response.json().await.map_err(|e| e.to_string())?;
+                Ok(answer["allowed"]
+                    .as_array()
+                    .map(|list| {
+                        list.iter()
+                            .filter_map(|c| c.as_str().map(str::to_owned))
+                            .collect::<HashSet<String>>()
+                    })
+                    .unwrap_or_default())
+            }
+            .into_actor(self)
+            .map(move |result: Result<HashSet<String>, String>, act, _| {
+                let granted = result.unwrap_or_else(|e| {
+                    log::warn!("id={id} authorization hook {url} failed, denying: {e}");
+                    HashSet::new()
+                });
+                if act.cache.len() > CACHE_SWEEP_AT {
+                    let now = Instant::now();
+                    act.cache.retain(|_, (_, expires)| *expires > now);
+                }
+                let expires = Instant::now() + act.ttl;
+                for channel in ask {
+                    let ok = granted.contains(&channel);
+                    if !act.ttl.is_zero() {
+                        act.cache
+                            .insert((id.clone(), channel.clone()), (ok, expires));
+                    }
+                    if ok {
+                        allowed.insert(channel);
+                    }
+                }
+                allowed
+            }),
+        )
+    }
+}
