@@ -229,6 +229,10 @@ pub struct RouteConfig {
     /// (AWX uses `csrftoken`).
     #[serde(default)]
     pub xrf_cookie: Option<String>,
+    /// The connect hook: the application admits or refuses each handshake, and its answer's
+    /// body becomes the first frame (AWX's `{"accept": true, "user": id}`).
+    #[serde(default)]
+    pub accept_url: Option<String>,
 }
 
 /// The `[log]` section.
@@ -255,6 +259,7 @@ fn default_routes() -> Vec<RouteConfig> {
             strict: false,
             client_publish: false,
             xrf_cookie: None,
+            accept_url: None,
         },
         RouteConfig {
             path: "/rpc".to_owned(),
@@ -262,6 +267,7 @@ fn default_routes() -> Vec<RouteConfig> {
             strict: false,
             client_publish: false,
             xrf_cookie: None,
+            accept_url: None,
         },
     ]
 }
@@ -500,6 +506,14 @@ impl Config {
                     &format!("routes[{i}].xrf_cookie"),
                     "applies to the groups dialect only".into(),
                 ));
+            }
+            if let Some(url) = &route.accept_url {
+                if !url.starts_with("http://") || url.parse::<awc::http::Uri>().is_err() {
+                    return Err(invalid(
+                        &format!("routes[{i}].accept_url"),
+                        format!("`{url}` is not an http:// URL"),
+                    ));
+                }
             }
             if self.routes[..i].iter().any(|r| r.path == route.path) {
                 return Err(invalid(&key, format!("`{path}` is listed twice")));

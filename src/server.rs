@@ -10,6 +10,7 @@ use actix::{Actor, Addr};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::Context as _;
 
+use crate::backend::admission::Admission;
 use crate::backend::authorizer::Authorizer;
 use crate::backend::http::PendingNotices;
 use crate::backend::Backend;
@@ -94,6 +95,7 @@ pub async fn run(
                     xrf_token: None,
                 },
                 xrf_cookie: route.xrf_cookie.clone(),
+                accept_url: route.accept_url.clone(),
                 limits: config.limits.clone(),
                 hub: hub.clone(),
                 client_ids: route.path.contains("{id}"),
@@ -123,9 +125,12 @@ pub async fn run(
         HttpServer::new(move || {
             let backend = web::Data::new(Backend::for_worker(&config.backend, &notices));
             let authorizer = web::Data::new(Authorizer::for_worker(&config.authorization));
+            let hooked = config.routes.iter().any(|r| r.accept_url.is_some());
+            let admission = web::Data::new(hooked.then(Admission::start_for_worker));
             let mut app = App::new()
                 .app_data(backend)
                 .app_data(authorizer)
+                .app_data(admission)
                 .app_data(hub_data.clone());
             for route in &routes {
                 app = app.service(

@@ -15,6 +15,7 @@ use actix_web_actors::ws;
 use bytes::BytesMut;
 use bytestring::ByteString;
 
+use crate::backend::admission::{Admission, Admit};
 use crate::backend::authorizer::{Authorize, Authorizer};
 use crate::backend::http::{BackendReply, Check, Closed, Open, Relay};
 use crate::backend::Backend;
@@ -36,6 +37,8 @@ pub struct RouteContext {
     pub options: DialectOptions,
     /// groups: the handshake cookie each message must repeat as `xrftoken`.
     pub xrf_cookie: Option<String>,
+    /// The connect hook that admits handshakes and may give the first frame.
+    pub accept_url: Option<String>,
     /// Per-connection limits and the heartbeat.
     pub limits: LimitsConfig,
     /// The hub every session registers with.
@@ -91,6 +94,8 @@ pub struct Session {
     hub_actions: VecDeque<(Vec<ChannelOp>, ReplyPlan)>,
     /// An authorization question is in flight.
     authorizing: bool,
+    /// The connect hook's answer, sent as the first frame.
+    first_frame: Option<Frame>,
 }
 
 /// Upgrade an HTTP request on a route to a WebSocket session.
@@ -100,6 +105,7 @@ pub async fn upgrade(
     route: web::Data<RouteContext>,
     backend: web::Data<Backend>,
     authorizer: web::Data<Option<Addr<Authorizer>>>,
+    admission: web::Data<Option<Addr<Admission>>>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let id = if route.client_ids {
         let text = req.match_info().get("id").unwrap_or_default();
@@ -118,7 +124,8 @@ pub async fn upgrade(
     let authorizer = authorizer.get_ref().clone();
     // Only the http backend and the authorization hook tell the application about the
     // upgrade request's headers.
-    let headers: Vec<(String, String)> = if relays || authorizer.is_some() {
+    let hooked = route.accept_url.is_some();
+    let headers: Vec<(String, String)> = if relays || authorizer.is_some() || hooked {
         req.headers()
             .iter()
             .filter_map(|(name, value)| {
@@ -152,11 +159,31 @@ pub async fn upgrade(
             Err(_) => return Ok(HttpResponse::BadGateway().body("bad gateway")),
         }
     }
-    let context = (relays || authorizer.is_some()).then(|| {
+    let context = (relays || authorizer.is_some() || hooked).then(|| {
         let headers: serde_json::Map<String, serde_json::Value> =
             headers.into_iter().map(|(k, v)| (k, v.into())).collect();
         serde_json::json!({"headers": headers, "remote": remote.as_deref()})
     });
+    let mut first_frame = None;
+    if let (Some(url), Some(admission), Some(context)) =
+        (&route.accept_url, admission.get_ref(), &context)
+    {
+        let mut handshake = context.clone();
+        handshake["path"] = req.path().into();
+        let admit = Admit {
+            url: url.clone(),
+            handshake,
+        };
+        match admission.send(admit).await {
+            Ok(Ok(frame)) => first_frame = frame,
+            Ok(Err(status)) => {
+                let status = actix_web::http::StatusCode::from_u16(status)
+                    .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY);
+                return Ok(HttpResponse::build(status).finish());
+            }
+            Err(_) => return Ok(HttpResponse::BadGateway().finish()),
+        }
+    }
     let connect_info = if relays { context.clone() } else { None };
     let connect_context = if authorizer.is_some() { context } else { None };
     let mut options = route.options.clone();
@@ -184,6 +211,7 @@ pub async fn upgrade(
         connect_context,
         hub_actions: VecDeque::new(),
         authorizing: false,
+        first_frame,
     };
     let max = session.route.limits.max_message_size;
     ws::WsResponseBuilder::new(session, &req, stream)
@@ -265,6 +293,9 @@ impl Actor for Session {
                 reply_to: ctx.address().recipient(),
                 headers: self.connect_info.take().unwrap_or_default(),
             });
+        }
+        if let Some(frame) = self.first_frame.take() {
+            Self::write(ctx, frame);
         }
         self.heartbeat(ctx);
     }

@@ -2,6 +2,7 @@
 //! A backend is the only place with outbound I/O. Each HTTP worker thread builds its own
 //! [`Backend`] (an `awc` client is `!Send`, so it cannot be shared across threads).
 
+pub mod admission;
 pub mod authorizer;
 pub mod http;
 

@@ -361,3 +361,43 @@ async fn the_authorization_hook_allows_denies_and_partially_applies() {
     .await;
     assert_eq!(reply.json["reached"], 0);
 }
+
+#[actix_web::test]
+async fn the_connect_hook_admits_refuses_and_gives_the_first_frame() {
+    let backend = crate::mock_backend::MockBackend::start();
+    let config = format!(
+        "[server]\npage = false\n[[routes]]\npath = \"/websocket/\"\ndialect = \"groups\"\naccept_url = \"{}\"\n",
+        backend.url("/accept")
+    );
+    let hub = start(&config);
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let with_cookie = |cookie: &str| {
+        let mut request = hub.ws_url("/websocket/").into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Cookie", cookie.parse().unwrap());
+        request
+    };
+    let (mut ws, _) = tokio_tungstenite::connect_async(with_cookie("sessionid=good"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"accept": true, "user": 42})
+    );
+    let reply = call(&mut ws, json!({"groups": {"jobs": ["summary"]}})).await;
+    assert_eq!(reply["groups_current"], json!(["jobs-summary"]));
+    let asked = backend
+        .received()
+        .into_iter()
+        .find(|r| r.path == "/accept")
+        .unwrap()
+        .json();
+    assert_eq!(asked["path"], "/websocket/");
+    match tokio_tungstenite::connect_async(with_cookie("sessionid=bad")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+}

@@ -45,6 +45,7 @@ pub struct MockBackend {
 /// - `POST /api/{id}`: body `silent` -> empty answer; `slow` -> answers after 3 s;
 ///   `fail` -> 500; otherwise the body echoed back prefixed with `re:` (bytes kept as sent).
 /// - `DELETE /api/{id}` and `POST /sd/...`: 200, empty.
+/// - `POST /accept`: 200 `{"accept": true, "user": 42}` for a `sessionid=good` cookie, else 403.
 /// - `POST /auth`: `{"allowed": [...]}`, every asked channel without `secret` in its name.
 async fn script(
     req: HttpRequest,
@@ -68,6 +69,15 @@ async fn script(
         body: body.to_vec(),
     };
     received.lock().unwrap().push(record.clone());
+    if record.path == "/accept" {
+        let asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let cookie = asked["headers"]["cookie"].as_str().unwrap_or_default();
+        return if cookie.contains("sessionid=good") {
+            HttpResponse::Ok().json(serde_json::json!({"accept": true, "user": 42}))
+        } else {
+            HttpResponse::Forbidden().finish()
+        };
+    }
     if record.path == "/auth" {
         let asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let allowed: Vec<&str> = asked["channels"]
