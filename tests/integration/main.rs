@@ -3,6 +3,7 @@
 //! sockets: WebSockets through tokio-tungstenite (a different library from the server's) and the
 //! push API through awc.
 
+mod browser;
 mod cli;
 mod config;
 mod dialects;
