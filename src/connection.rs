@@ -27,6 +27,9 @@ pub enum InvalidId {
     /// The id had a character outside `A-Z a-z 0-9 - _ . ~`.
     #[error("connection id may only contain A-Z a-z 0-9 - _ . ~")]
     BadCharacter,
+    /// `.` and `..` are path segments, not ids (they would change the backend URL).
+    #[error("connection id may not be `.` or `..`")]
+    DotSegment,
 }
 
 impl ConnectionId {
@@ -50,6 +53,9 @@ impl ConnectionId {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
         {
             return Err(InvalidId::BadCharacter);
+        }
+        if text == "." || text == ".." {
+            return Err(InvalidId::DotSegment);
         }
         Ok(Self(Arc::from(text)))
     }
@@ -89,6 +95,8 @@ mod tests {
         assert_eq!(ConnectionId::parse(""), Err(InvalidId::Empty));
         assert_eq!(ConnectionId::parse("a/b"), Err(InvalidId::BadCharacter));
         assert_eq!(ConnectionId::parse("a b"), Err(InvalidId::BadCharacter));
+        assert_eq!(ConnectionId::parse(".."), Err(InvalidId::DotSegment));
+        assert_eq!(ConnectionId::parse("."), Err(InvalidId::DotSegment));
         assert_eq!(
             ConnectionId::parse(&"x".repeat(MAX_ID_LEN + 1)),
             Err(InvalidId::TooLong)

@@ -32,6 +32,8 @@ pub enum Outbound {
     Publication(Arc<Publication>),
     /// Close the connection with this code and reason.
     Close(Close),
+    /// A newer connection took this one's id: close with 4001 and send no disconnect notice.
+    Replaced,
 }
 
 /// Hub -> session: send this to the client.
@@ -524,10 +526,7 @@ impl Handler<Connect> for Hub {
                     "id={} replaced by a newer connection with the same id",
                     msg.id
                 );
-                old.recipient.do_send(Deliver(Outbound::Close(Close::new(
-                    close_code::REPLACED,
-                    "replaced by a newer connection with the same id",
-                ))));
+                old.recipient.do_send(Deliver(Outbound::Replaced));
             }
         }
         self.stats.connections_opened += 1;

@@ -82,6 +82,8 @@ pub async fn run(
     // One hub for the whole process, started before the servers; workers get its address.
     let hub = Hub::new().start();
     let hub_data = web::Data::new(hub.clone());
+    // Sessions alive, cut-off and replaced ones included: shutdown waits for all of them.
+    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let routes: Vec<web::Data<RouteContext>> = config
         .routes
         .iter()
@@ -96,6 +98,7 @@ pub async fn run(
                 },
                 xrf_cookie: route.xrf_cookie.clone(),
                 accept_url: route.accept_url.clone(),
+                live: live.clone(),
                 limits: config.limits.clone(),
                 hub: hub.clone(),
                 client_ids: route.path.contains("{id}"),
@@ -181,7 +184,7 @@ pub async fn run(
     shutdown.await;
     // Stop accepting first, so no new socket arrives while the old ones are being closed.
     ws_handle.pause().await;
-    drain(&hub, &config, &notices).await;
+    drain(&hub, &config, &notices, &live).await;
     ws_handle.stop(false).await;
     let _ = ws_task.await;
     if let Some((handle, task)) = push_task {
@@ -194,7 +197,12 @@ pub async fn run(
 
 /// Close every socket with 1001 and wait until the hub's registry is empty or the deadline
 /// passes.
-async fn drain(hub: &Addr<Hub>, config: &Config, notices: &PendingNotices) {
+async fn drain(
+    hub: &Addr<Hub>,
+    config: &Config,
+    notices: &PendingNotices,
+    live: &std::sync::atomic::AtomicUsize,
+) {
     let started = tokio::time::Instant::now();
     let deadline = config.shutdown_timeout();
     let open = hub.send(Stats).await.map(|s| s.connections).unwrap_or(0);
@@ -212,13 +220,17 @@ async fn drain(hub: &Addr<Hub>, config: &Config, notices: &PendingNotices) {
     } else {
         log::info!("all connections closed");
     }
-    // Disconnect notices to the backend are part of the drain: wait for them too.
+    // Sessions the registry no longer lists (cut off, replaced) and the disconnect notices to
+    // the backend are part of the drain too: sessions count their notice before they stop.
     let deadline = started + config.shutdown_timeout();
-    while notices.count() > 0 && tokio::time::Instant::now() < deadline {
+    let sessions = || live.load(std::sync::atomic::Ordering::SeqCst);
+    while (sessions() > 0 || notices.count() > 0) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    match notices.count() {
-        0 => log::info!("all disconnect notices delivered"),
-        left => log::warn!("shutdown deadline overrun: {left} disconnect notice(s) not delivered"),
+    match (sessions(), notices.count()) {
+        (0, 0) => log::info!("all sessions ended and all disconnect notices delivered"),
+        (open, left) => log::warn!(
+            "shutdown deadline overrun: {open} session(s) still open, {left} disconnect notice(s) not delivered"
+        ),
     }
 }

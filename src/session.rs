@@ -39,6 +39,8 @@ pub struct RouteContext {
     pub xrf_cookie: Option<String>,
     /// The connect hook that admits handshakes and may give the first frame.
     pub accept_url: Option<String>,
+    /// Sessions alive in the whole process (shutdown waits for zero).
+    pub live: Arc<std::sync::atomic::AtomicUsize>,
     /// Per-connection limits and the heartbeat.
     pub limits: LimitsConfig,
     /// The hub every session registers with.
@@ -96,6 +98,8 @@ pub struct Session {
     authorizing: bool,
     /// The connect hook's answer, sent as the first frame.
     first_frame: Option<Frame>,
+    /// The hub closed this connection because a newer one took its id.
+    replaced: bool,
 }
 
 /// Upgrade an HTTP request on a route to a WebSocket session.
@@ -141,6 +145,7 @@ pub async fn upgrade(
     if let Backend::Http {
         addr,
         checks_connect: true,
+        ..
     } = backend.get_ref()
     {
         // ws2api: the application decides before the upgrade, seeing the client's headers.
@@ -212,11 +217,20 @@ pub async fn upgrade(
         hub_actions: VecDeque::new(),
         authorizing: false,
         first_frame,
+        replaced: false,
     };
     let max = session.route.limits.max_message_size;
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(max)
         .start()
+}
+
+/// An X-Forwarded-For entry as an IP: `1.2.3.4`, `1.2.3.4:5`, `::1` or `[::1]:5`.
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
 /// The IP part of an `ip:port` or bare `ip` address text.
@@ -232,16 +246,21 @@ fn ip_of(address: &str) -> String {
 fn client_address(req: &HttpRequest, trusted: &[IpAddr]) -> Option<Arc<str>> {
     let peer = req.peer_addr()?;
     if trusted.contains(&peer.ip()) {
-        let forwarded = req
+        let entries: Vec<&str> = req
             .headers()
             .get_all("x-forwarded-for")
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .filter_map(|entry| entry.parse::<IpAddr>().ok())
-            .rfind(|ip| !trusted.contains(ip));
-        if let Some(ip) = forwarded {
-            return Some(Arc::from(ip.to_string()));
+            .collect();
+        // From the right: skip our own proxies; the first other entry is the client. One that
+        // does not parse ends the walk (entries left of it cannot be trusted either).
+        for entry in entries.iter().rev() {
+            match forwarded_ip(entry) {
+                Some(ip) if trusted.contains(&ip) => continue,
+                Some(ip) => return Some(Arc::from(ip.to_string())),
+                None => break,
+            }
         }
     }
     Some(Arc::from(peer.to_string()))
@@ -251,6 +270,7 @@ impl Actor for Session {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.route.live.fetch_add(1, Ordering::SeqCst);
         ctx.set_mailbox_capacity(self.route.limits.outbound_queue);
         log::info!(
             "connect id={} route={} remote={}",
@@ -305,14 +325,20 @@ impl Actor for Session {
             id: self.id.clone(),
             serial: self.serial,
         });
-        if let Backend::Http { addr, .. } = &self.backend {
+        if let Backend::Http { addr, notices, .. } = &self.backend {
             // Exactly once per session: `stopped` runs once, whatever ended the connection.
+            // A connection replaced by a newer one with its id sends none: the id lives on.
+            let notify = notices.is_some() && !self.replaced;
+            if let (true, Some(notices)) = (notify, notices) {
+                notices.add();
+            }
             addr.do_send(Closed {
                 key: self.serial,
                 reason: self.close_reason.clone().unwrap_or_else(|| "EOF".into()),
-                notify: self.close_code != Some(close_code::REPLACED),
+                notify,
             });
         }
+        self.route.live.fetch_sub(1, Ordering::SeqCst);
         log::info!(
             "disconnect id={} route={} remote={} code={}",
             self.id,
@@ -381,6 +407,17 @@ impl Session {
                 }
             },
             Action::Hub { ops, reply } => {
+                // Requests waiting behind an authorization question are bounded like frames
+                // waiting for the backend.
+                if self.hub_actions.len() >= self.route.max_pending {
+                    return self.close(
+                        ctx,
+                        Close::new(
+                            close_code::POLICY_VIOLATION,
+                            "too many requests waiting for authorization",
+                        ),
+                    );
+                }
                 self.hub_actions.push_back((ops, reply));
                 self.next_hub_action(ctx);
             }
@@ -403,6 +440,7 @@ impl Session {
                     self.authorizing = true;
                     let question = Authorize {
                         id: self.id.clone(),
+                        serial: self.serial,
                         channels,
                         context: self.connect_context.clone().unwrap_or_default(),
                     };
@@ -681,6 +719,18 @@ impl Handler<Deliver> for Session {
                 Self::write(ctx, self.dialect.encode(&publication))
             }
             Outbound::Close(close) => self.close(ctx, close),
+            Outbound::Replaced => {
+                // Only the hub's replacement sets this; a client or the push API using code
+                // 4001 does not suppress the disconnect notice.
+                self.replaced = true;
+                self.close(
+                    ctx,
+                    Close::new(
+                        close_code::REPLACED,
+                        "replaced by a newer connection with the same id",
+                    ),
+                );
+            }
         }
     }
 }

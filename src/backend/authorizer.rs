@@ -10,8 +10,9 @@ use serde_json::{json, Value};
 use crate::config::AuthorizationConfig;
 use crate::connection::ConnectionId;
 
-/// Past this many cached answers, expired ones are swept out on the next insert.
-const CACHE_SWEEP_AT: usize = 10_000;
+/// Past this many cached answers, expired ones are swept out (at most once per TTL); while the
+/// cache is still this full, new answers are not cached, so memory stays bounded.
+const CACHE_CAP: usize = 100_000;
 
 /// Session -> authorizer: which of these channels (or topic prefixes) may `id` join?
 #[derive(Message)]
@@ -19,6 +20,9 @@ const CACHE_SWEEP_AT: usize = 10_000;
 pub struct Authorize {
     /// The connection.
     pub id: ConnectionId,
+    /// The session's serial: answers are cached per session, never shared by a later
+    /// connection that reuses the id.
+    pub serial: u64,
     /// The channels it asks for.
     pub channels: Vec<String>,
     /// Its connect-time headers and address, as the hook sees them.
@@ -30,7 +34,9 @@ pub struct Authorizer {
     client: awc::Client,
     url: String,
     ttl: Duration,
-    cache: HashMap<(ConnectionId, String), (bool, Instant)>,
+    cache: HashMap<(u64, String), (bool, Instant)>,
+    /// When the cache was last swept.
+    swept: Instant,
 }
 
 impl Actor for Authorizer {
@@ -51,13 +57,14 @@ impl Authorizer {
                 url,
                 ttl: Duration::from_millis(config.cache_ms),
                 cache: HashMap::new(),
+                swept: Instant::now(),
             }
             .start(),
         )
     }
 
-    fn cached(&self, id: &ConnectionId, channel: &str) -> Option<bool> {
-        let (allowed, expires) = self.cache.get(&(id.clone(), channel.to_owned()))?;
+    fn cached(&self, serial: u64, channel: &str) -> Option<bool> {
+        let (allowed, expires) = self.cache.get(&(serial, channel.to_owned()))?;
         (Instant::now() < *expires).then_some(*allowed)
     }
 }
@@ -69,7 +76,7 @@ impl Handler<Authorize> for Authorizer {
         let mut allowed = HashSet::new();
         let mut ask = Vec::new();
         for channel in msg.channels {
-            match self.cached(&msg.id, &channel) {
+            match self.cached(msg.serial, &channel) {
                 Some(true) => {
                     allowed.insert(channel);
                 }
@@ -87,6 +94,7 @@ impl Handler<Authorize> for Authorizer {
         let request = self.client.post(&self.url).send_json(&body);
         let url = self.url.clone();
         let id = msg.id;
+        let serial = msg.serial;
         Box::pin(
             async move {
                 let mut response = request.await.map_err(|e| e.to_string())?;
@@ -109,16 +117,16 @@ impl Handler<Authorize> for Authorizer {
                     log::warn!("id={id} authorization hook {url} failed, denying: {e}");
                     HashSet::new()
                 });
-                if act.cache.len() > CACHE_SWEEP_AT {
+                if act.cache.len() >= CACHE_CAP && act.swept.elapsed() >= act.ttl {
                     let now = Instant::now();
                     act.cache.retain(|_, (_, expires)| *expires > now);
+                    act.swept = now;
                 }
                 let expires = Instant::now() + act.ttl;
                 for channel in ask {
                     let ok = granted.contains(&channel);
-                    if !act.ttl.is_zero() {
-                        act.cache
-                            .insert((id.clone(), channel.clone()), (ok, expires));
+                    if !act.ttl.is_zero() && act.cache.len() < CACHE_CAP {
+                        act.cache.insert((serial, channel.clone()), (ok, expires));
                     }
                     if ok {
                         allowed.insert(channel);

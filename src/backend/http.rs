@@ -50,6 +50,16 @@ impl PendingNotices {
     pub fn count(&self) -> usize {
         self.0.load(Ordering::SeqCst)
     }
+
+    /// A session is about to hand over a notice: counted before it is sent, so shutdown
+    /// cannot see zero while the notice is still on its way to the backend actor.
+    pub fn add(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn done(&self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Settings shared by every request of one backend.
@@ -114,7 +124,8 @@ pub struct Closed {
     pub key: u64,
     /// The close reason (ws2api's DELETE body), `EOF` when the TCP connection dropped.
     pub reason: String,
-    /// False when the id lives on in a newer connection (ws2api replacement): no notice then.
+    /// Whether to send the notice; the session counted it in [`PendingNotices`] already.
+    /// False when the id lives on in a newer connection (ws2api replacement).
     pub notify: bool,
 }
 
@@ -131,13 +142,18 @@ pub struct Check {
 }
 
 /// Headers of the upgrade request that belong to that hop and are not forwarded.
-const HOP_HEADERS: [&str; 6] = [
+/// The client's own forwarding headers are dropped too: the hub sets `X-Forwarded-For` itself.
+const HOP_HEADERS: [&str; 10] = [
     "host",
     "connection",
     "upgrade",
     "content-length",
     "transfer-encoding",
     "x-forwarded-for",
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-host",
+    "x-forwarded-proto",
 ];
 
 /// One worker's http backend.
@@ -204,6 +220,7 @@ impl HttpBackend {
             Job::Finish { notice } => (true, notice.is_some()),
             _ => (false, false),
         };
+        let is_connect = matches!(job, Job::Connect { .. });
         if !is_finish && self.in_flight >= self.settings.max_in_flight {
             queue.reply_to.do_send(BackendReply::Failed(Close::new(
                 close_code::TRY_AGAIN_LATER,
@@ -222,14 +239,15 @@ impl HttpBackend {
             .map(move |result, act, ctx| {
                 act.in_flight -= 1;
                 if is_notice {
-                    act.notices.0.fetch_sub(1, Ordering::SeqCst);
+                    act.notices.done();
                 }
                 let Some(queue) = act.queues.get_mut(&key) else {
                     return;
                 };
                 queue.busy = false;
                 let reply = match result {
-                    Ok(_) if is_finish => None,
+                    // Finish and the connect notice never counted as pending frames.
+                    Ok(_) if is_finish || is_connect => None,
                     Ok(Some(frame)) => Some(BackendReply::Answer(frame)),
                     Ok(None) => Some(BackendReply::Done),
                     Err(e) => {
@@ -464,17 +482,14 @@ impl Handler<Closed> for HttpBackend {
 
     fn handle(&mut self, msg: Closed, ctx: &mut Context<Self>) {
         let Some(queue) = self.queues.get_mut(&msg.key) else {
+            if msg.notify {
+                self.notices.done();
+            }
             return;
         };
-        let wants_notice = msg.notify
-            && (self.settings.format == RelayFormat::Ws2Api
-                || self.settings.disconnect_url.is_some());
-        if wants_notice {
-            self.notices.0.fetch_add(1, Ordering::SeqCst);
-        }
         // Queued frames are still relayed; the notice (if any) goes after the last of them.
         queue.jobs.push_back(Job::Finish {
-            notice: wants_notice.then_some(msg.reason),
+            notice: msg.notify.then_some(msg.reason),
         });
         self.pump(msg.key, ctx);
     }

@@ -21,6 +21,9 @@ pub enum Backend {
         addr: Addr<http::HttpBackend>,
         /// ws2api: ask the application before upgrading (`GET {url}/{id}`).
         checks_connect: bool,
+        /// Whether ended connections are announced (ws2api always; SocketDock with a
+        /// `disconnect_url`), and the shared count of notices not yet delivered.
+        notices: Option<http::PendingNotices>,
     },
 }
 
@@ -32,6 +35,8 @@ impl Backend {
             BackendKind::Http => Backend::Http {
                 addr: http::HttpBackend::new(config, notices.clone()).start(),
                 checks_connect: config.format == RelayFormat::Ws2Api,
+                notices: (config.format == RelayFormat::Ws2Api || config.disconnect_url.is_some())
+                    .then(|| notices.clone()),
             },
         }
     }

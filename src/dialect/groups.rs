@@ -53,7 +53,7 @@ impl Groups {
         };
         let mut wanted = BTreeSet::new();
         // Which key and item each channel came from, for per-resource denial messages.
-        let mut origin = Vec::new();
+        let mut origin = std::collections::HashMap::new();
         for (key, items) in groups {
             let Value::Array(items) = items else {
                 return denied();
@@ -65,7 +65,7 @@ impl Groups {
                 };
                 match ChannelName::parse(&format!("{key}-{item}")) {
                     Ok(channel) => {
-                        origin.push((channel.clone(), key.clone(), item));
+                        origin.insert(channel.clone(), (key.clone(), item));
                         wanted.insert(channel);
                     }
                     Err(_) => return denied(),
@@ -84,8 +84,8 @@ impl Groups {
                     // AWX: one error frame per refused resource; the rest of the request applies.
                     let mut frames: Vec<Frame> = denied
                         .iter()
-                        .filter_map(|channel| origin.iter().find(|(c, _, _)| c == channel))
-                        .map(|(_, key, item)| {
+                        .filter_map(|channel| origin.get(channel))
+                        .map(|(key, item)| {
                             let message = format!("{ACCESS_DENIED} {key} for resource id {item}");
                             Frame::text(json!({ "error": message }).to_string())
                         })

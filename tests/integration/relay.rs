@@ -216,6 +216,15 @@ async fn disconnect_notice_arrives_exactly_once_however_the_connection_ends() {
     // Client close.
     let mut client = connect(&hub.ws_url("/by-client")).await;
     client.close(None).await.unwrap();
+    // A client closing with 4001 (the code the hub uses for replaced ids) still gets its notice.
+    let mut coded = connect(&hub.ws_url("/by-4001")).await;
+    coded
+        .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: code(4001),
+            reason: "mine".into(),
+        }))
+        .await
+        .unwrap();
     // Server close through the push API.
     let mut closed = connect(&hub.ws_url("/by-push")).await;
     let reply = post(
@@ -238,6 +247,7 @@ async fn disconnect_notice_arrives_exactly_once_however_the_connection_ends() {
 
     let received = backend.received();
     assert_eq!(deletes(&received, "by-client"), vec![""]);
+    assert_eq!(deletes(&received, "by-4001"), vec!["mine"]);
     assert_eq!(deletes(&received, "by-push"), vec!["kicked"]);
     assert_eq!(deletes(&received, "by-drop"), vec!["EOF"]);
     assert_eq!(deletes(&received, "by-timeout"), vec!["heartbeat timeout"]);
@@ -271,6 +281,15 @@ async fn backend_failures_are_told_to_the_client() {
     let mut failing = connect(&hub.ws_url("/fail-1")).await;
     failing.send(Message::Text("fail".into())).await.unwrap();
     assert_eq!(expect_close(&mut failing).await.0, 1013);
+    let attempts = backend
+        .received()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/api/fail-1")
+        .count();
+    assert!(
+        attempts >= 3,
+        "a 500 is retried with backoff (saw {attempts} attempts)"
+    );
     neighbour
         .send(Message::Text("still fine".into()))
         .await
@@ -290,6 +309,46 @@ async fn backend_failures_are_told_to_the_client() {
         }
         other => panic!("expected 502, got {:?}", other.map(|_| ())),
     }
+    // Refused on a relayed frame (SocketDock format has no connect check): retried, then 1013.
+    let config = "[server]\npage = false\n[backend]\nkind = \"http\"\nformat = \"socketdock\"\nurl = \"http://127.0.0.1:9/m\"\nrequest_timeout_ms = 800\n[[routes]]\npath = \"/ws\"\ndialect = \"raw\"\n";
+    let refused = start(config);
+    let mut ws = connect(&refused.ws_url("/ws")).await;
+    ws.send(Message::Text("anyone home?".into())).await.unwrap();
+    assert_eq!(
+        expect_close(&mut ws).await,
+        (1013, "backend unavailable".to_owned())
+    );
+    refused.wait_for_log("cannot connect").await;
+}
+
+#[actix_web::test]
+async fn requests_in_flight_are_capped_per_worker() {
+    let backend = MockBackend::start();
+    let config = ws2api_config(&backend, "")
+        .replace("[server]", "[server]\nworkers = 1")
+        .replace(
+            "request_timeout_ms = 1500",
+            "request_timeout_ms = 5000\nmax_in_flight = 1",
+        );
+    let hub = start(&config);
+    let mut first = connect(&hub.ws_url("/cap-1")).await;
+    let mut second = connect(&hub.ws_url("/cap-2")).await;
+    first.send(Message::Text("slow".into())).await.unwrap();
+    backend
+        .wait_for("the slow POST", |r| {
+            r.iter()
+                .any(|r| r.path == "/api/cap-1" && r.method == "POST")
+        })
+        .await;
+    second.send(Message::Text("hello".into())).await.unwrap();
+    assert_eq!(
+        expect_close(&mut second).await,
+        (
+            1013,
+            "backend overloaded: too many requests in flight".to_owned()
+        )
+    );
+    assert_eq!(next_data(&mut first).await, Message::Text("late".into()));
 }
 
 #[actix_web::test]
