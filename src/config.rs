@@ -120,6 +120,8 @@ pub struct LimitsConfig {
     pub heartbeat_interval_ms: u64,
     /// How long a connection may stay silent (no frame, no pong) before it is closed.
     pub heartbeat_timeout_ms: u64,
+    /// Channels plus topic prefixes one connection may hold (bounds the hub's memory).
+    pub max_subscriptions: usize,
 }
 
 impl Default for LimitsConfig {
@@ -129,6 +131,7 @@ impl Default for LimitsConfig {
             outbound_queue: 64,
             heartbeat_interval_ms: 10_000,
             heartbeat_timeout_ms: 30_000,
+            max_subscriptions: 1_024,
         }
     }
 }
@@ -380,6 +383,12 @@ impl Config {
             return Err(invalid(
                 "limits.outbound_queue",
                 format!("{} is out of range 1..=1048576", limits.outbound_queue),
+            ));
+        }
+        if limits.max_subscriptions == 0 {
+            return Err(invalid(
+                "limits.max_subscriptions",
+                "must be greater than 0".into(),
             ));
         }
         if self.server.workers > 256 {

@@ -130,6 +130,8 @@ pub enum OpOutcome {
     NotSubscribed(ChannelName),
     /// The connection is not (or no longer) registered.
     UnknownConnection,
+    /// The connection holds `limits.max_subscriptions` channels and prefixes already.
+    LimitReached(usize),
 }
 
 /// Session -> hub: apply these operations in order for this connection.
@@ -288,8 +290,9 @@ struct Entry {
 }
 
 /// The hub actor. Start it once, before the HTTP server, and clone its `Addr` into workers.
-#[derive(Default)]
 pub struct Hub {
+    /// Channels plus prefixes one connection may hold.
+    max_subscriptions: usize,
     connections: HashMap<ConnectionId, Entry>,
     channels: HashMap<ChannelName, HashSet<ConnectionId>>,
     /// Prefix subscriptions: a publish to channel `c` looks up each prefix of `c` here, so its
@@ -311,9 +314,18 @@ impl Actor for Hub {
 }
 
 impl Hub {
-    /// An empty hub.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty hub whose connections may hold at most `max_subscriptions` channels and
+    /// prefixes each.
+    pub fn new(max_subscriptions: usize) -> Self {
+        Self {
+            max_subscriptions,
+            connections: HashMap::new(),
+            channels: HashMap::new(),
+            prefixes: HashMap::new(),
+            shutting_down: false,
+            empty_waiters: Vec::new(),
+            stats: HubStats::default(),
+        }
     }
 
     /// Queue `outbound` for one connection; a full queue cuts the connection off.
@@ -417,7 +429,22 @@ impl Hub {
         let Some(entry) = self.connections.get_mut(id) else {
             return OpOutcome::UnknownConnection;
         };
+        let held = entry.channels.len() + entry.prefixes.len();
+        let limit = self.max_subscriptions;
         match op {
+            ChannelOp::Subscribe(channel)
+                if held >= limit && !entry.channels.contains(&channel) =>
+            {
+                OpOutcome::LimitReached(limit)
+            }
+            ChannelOp::SubscribePrefix(prefix)
+                if held >= limit && !entry.prefixes.contains(prefix.as_str()) =>
+            {
+                OpOutcome::LimitReached(limit)
+            }
+            ChannelOp::Replace(wanted) if wanted.len() + entry.prefixes.len() > limit => {
+                OpOutcome::LimitReached(limit)
+            }
             ChannelOp::Subscribe(channel) => {
                 entry.channels.insert(channel.clone());
                 self.channels.entry(channel).or_default().insert(id.clone());

@@ -100,6 +100,9 @@ impl Groups {
                     ));
                     frames
                 }
+                Some(OpOutcome::LimitReached(limit)) => vec![Frame::text(
+                    json!({"error": format!("too many groups: at most {limit}")}).to_string(),
+                )],
                 _ => vec![Frame::text(json!({"error": ACCESS_DENIED}).to_string())],
             }),
         }

@@ -285,6 +285,11 @@ fn respond(id: Value, outcome: Option<OpOutcome>, conn: &ConnectionId) -> Value 
             SERVER_ERROR,
             &format!("access denied to channel `{channel}`"),
         ),
+        Some(OpOutcome::LimitReached(limit)) => error(
+            id,
+            SERVER_ERROR,
+            &format!("subscription limit reached: a connection may hold {limit} channels"),
+        ),
         Some(OpOutcome::NotSubscribed(channel)) => error(
             id,
             SERVER_ERROR,

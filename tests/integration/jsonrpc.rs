@@ -229,3 +229,29 @@ async fn publish_reaches_exactly_the_subscribers() {
         assert_eq!(delivery["alert"], true);
     }
 }
+
+#[actix_web::test]
+async fn subscriptions_per_connection_are_limited() {
+    let hub = start(&demo_config("max_subscriptions = 2"));
+    let mut ws = connect(&hub.ws_url("/rpc")).await;
+    for (id, channel) in [(1, "a"), (2, "b"), (3, "a")] {
+        let reply = call(
+            &mut ws,
+            request(id, "subscribe", json!({"channel": channel})),
+        )
+        .await;
+        assert_eq!(reply["result"], "subscribed", "{channel}");
+    }
+    let reply = call(&mut ws, request(4, "subscribe", json!({"channel": "c"}))).await;
+    assert_eq!(reply["error"]["code"], -32000);
+    assert!(reply["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("limit"));
+    call(&mut ws, request(5, "unsubscribe", json!({"channel": "a"}))).await;
+    let reply = call(&mut ws, request(6, "subscribe", json!({"channel": "c"}))).await;
+    assert_eq!(
+        reply["result"], "subscribed",
+        "room again after leaving one"
+    );
+}
