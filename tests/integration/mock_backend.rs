@@ -151,6 +151,14 @@ impl MockBackend {
         self.received.lock().unwrap().clone()
     }
 
+    /// Wait for the first request to `path` and return its body as JSON.
+    pub async fn first_json(&self, path: &str) -> serde_json::Value {
+        let received = self
+            .wait_for(path, |r| r.iter().any(|r| r.path == path))
+            .await;
+        received.iter().find(|r| r.path == path).unwrap().json()
+    }
+
     /// Wait until `pred` holds for the recorded requests; returns them.
     pub async fn wait_for(&self, what: &str, pred: impl Fn(&[Received]) -> bool) -> Vec<Received> {
         let start = Instant::now();

@@ -285,16 +285,7 @@ dialect = "raw"
     // A client that forges X-Forwarded-For: nginx appends the real peer, and the hub takes the
     // last entry that is not a trusted proxy.
     let mut ws = connect_via(&nginx, "/ws", &[("x-forwarded-for", "6.6.6.6")]).await;
-    let received = backend
-        .wait_for("the connect notice", |r| {
-            r.iter().any(|r| r.path == "/socketdock/connect")
-        })
-        .await;
-    let notice = received
-        .iter()
-        .find(|r| r.path == "/socketdock/connect")
-        .unwrap()
-        .json();
+    let notice = backend.first_json("/socketdock/connect").await;
     let meta = &notice["meta"];
     assert_eq!(meta["remote"], CLIENT_IP, "{notice:#}");
     assert_eq!(
@@ -306,16 +297,7 @@ dialect = "raw"
     let id = meta["connection_id"].as_str().unwrap().to_owned();
 
     ws.send(Message::Text("via nginx".into())).await.unwrap();
-    let received = backend
-        .wait_for("the message", |r| {
-            r.iter().any(|r| r.path == "/socketdock/message")
-        })
-        .await;
-    let message = received
-        .iter()
-        .find(|r| r.path == "/socketdock/message")
-        .unwrap()
-        .json();
+    let message = backend.first_json("/socketdock/message").await;
     assert_eq!(message["message"], "via nginx");
     assert_eq!(message["meta"]["connection_id"], id);
 

@@ -363,16 +363,7 @@ async fn socketdock_flow_from_config_alone() {
             .insert("X-Agent", "mediator-test".parse().unwrap());
         tokio_tungstenite::connect_async(request).await.unwrap()
     };
-    let received = backend
-        .wait_for("the connect notice", |r| {
-            r.iter().any(|r| r.path == "/sd/connect")
-        })
-        .await;
-    let connect_notice = received
-        .iter()
-        .find(|r| r.path == "/sd/connect")
-        .unwrap()
-        .json();
+    let connect_notice = backend.first_json("/sd/connect").await;
     let meta = &connect_notice["meta"];
     let id = meta["connection_id"].as_str().unwrap().to_owned();
     assert_eq!(id.len(), 32);
@@ -539,16 +530,7 @@ async fn remote_seen_by_backend(trusted: &str) -> String {
         .headers_mut()
         .insert("X-Forwarded-For", "203.0.113.9, 127.0.0.1".parse().unwrap());
     let (_ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    let received = backend
-        .wait_for("a connect notice", |r| {
-            r.iter().any(|r| r.path == "/sd/connect")
-        })
-        .await;
-    let notice = received
-        .iter()
-        .find(|r| r.path == "/sd/connect")
-        .unwrap()
-        .json();
+    let notice = backend.first_json("/sd/connect").await;
     notice["meta"]["remote"].as_str().unwrap().to_owned()
 }
 
