@@ -24,19 +24,6 @@ impl Frame {
     pub fn text(text: impl Into<ByteString>) -> Self {
         Frame::Text(text.into())
     }
-
-    /// Payload length in bytes.
-    pub fn len(&self) -> usize {
-        match self {
-            Frame::Text(t) => t.len(),
-            Frame::Binary(b) => b.len(),
-        }
-    }
-
-    /// Whether the payload is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// WebSocket close codes the hub sends (RFC 6455 §7.4.1).

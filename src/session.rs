@@ -86,11 +86,10 @@ pub struct Session {
     serial: u64,
     /// Frames handed to the backend and not yet answered.
     pending: usize,
-    /// What the backend's connect notice carries; taken when the session starts.
-    connect_info: Option<serde_json::Value>,
     /// The authorization hook of this worker, when one is configured.
     authorizer: Option<Addr<Authorizer>>,
-    /// Connect-time headers and address, kept for the authorization hook.
+    /// Connect-time headers and address, for the backend's connect notice and the
+    /// authorization hook; dropped after the notice when no hook needs it later.
     connect_context: Option<serde_json::Value>,
     /// Hub actions waiting for an authorization answer ahead of them.
     hub_actions: VecDeque<(Vec<ChannelOp>, ReplyPlan)>,
@@ -189,8 +188,8 @@ pub async fn upgrade(
             Err(_) => return Ok(HttpResponse::BadGateway().finish()),
         }
     }
-    let connect_info = if relays { context.clone() } else { None };
-    let connect_context = if authorizer.is_some() { context } else { None };
+    // The connect hook alone needs the context only before the upgrade.
+    let connect_context = context.filter(|_| relays || authorizer.is_some());
     let mut options = route.options.clone();
     if let Some(cookie) = &route.xrf_cookie {
         options.xrf_token = Some(
@@ -211,7 +210,6 @@ pub async fn upgrade(
         close_reason: None,
         serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
         pending: 0,
-        connect_info,
         authorizer,
         connect_context,
         hub_actions: VecDeque::new(),
@@ -235,10 +233,7 @@ fn forwarded_ip(entry: &str) -> Option<IpAddr> {
 
 /// The IP part of an `ip:port` or bare `ip` address text.
 fn ip_of(address: &str) -> String {
-    address
-        .parse::<std::net::SocketAddr>()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|_| address.to_owned())
+    forwarded_ip(address).map_or_else(|| address.to_owned(), |ip| ip.to_string())
 }
 
 /// The client's address: the peer, or, when the peer is a trusted proxy, the last
@@ -311,7 +306,12 @@ impl Actor for Session {
                 key: self.serial,
                 id: self.id.clone(),
                 reply_to: ctx.address().recipient(),
-                headers: self.connect_info.take().unwrap_or_default(),
+                headers: if self.authorizer.is_some() {
+                    self.connect_context.clone()
+                } else {
+                    self.connect_context.take()
+                }
+                .unwrap_or_default(),
             });
         }
         if let Some(frame) = self.first_frame.take() {
