@@ -51,7 +51,9 @@ async fn post(request: HttpRequest, body: web::Bytes) -> HttpResponse {
         Ok((answer, opened)) => {
             let mut response = HttpResponse::Ok();
             response.insert_header((CONTENT_TYPE, EVENTS));
-            if opened {
+            // GRIP only where the connection subscribes: with it on, plain TEXT answers
+            // would need Pushpin's "m:" prefix to reach the client.
+            if opened && fanout {
                 response.insert_header(("Sec-WebSocket-Extensions", "grip"));
             }
             response.body(answer)

@@ -103,7 +103,7 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// WebSocket URL to connect to.
+    /// WebSocket URL to connect to; `{n}` is replaced by a name unique to each connection.
     #[arg(long)]
     url: String,
     /// Connections to open.
@@ -112,6 +112,9 @@ struct Common {
     /// Connections opened per second (all workers together).
     #[arg(long, default_value_t = 5000.0)]
     connect_rate: f64,
+    /// Handshakes in flight at most, all workers together (the rest wait their turn).
+    #[arg(long, default_value_t = 512)]
+    max_pending: usize,
     /// Worker processes; 0 = one per 9,000 connections, at least 2 (each process may hold
     /// fewer than 20,000 open files).
     #[arg(long, default_value_t = 0)]
@@ -303,6 +306,7 @@ impl Run {
                 subscribe: common.subscribe.clone(),
                 await_ack: common.await_ack,
                 connect_timeout: common.connect_timeout,
+                max_pending: common.max_pending.div_ceil(procs),
             };
             let mut child = Process::new(&exe)
                 .arg("worker")
@@ -324,7 +328,10 @@ impl Run {
                                 break;
                             }
                         }
-                        Err(e) => eprintln!("worker {index}: bad report {line:?}: {e}"),
+                        Err(e) => {
+                            eprintln!("worker {index}: bad report {line:?}: {e}");
+                            break;
+                        }
                     }
                 }
             });
@@ -548,7 +555,7 @@ impl Merged {
         self.counters.closed += c.closed;
         self.timed += result.timed;
         self.hist.add(proto::decode_histogram(&result.hist)?)?;
-        for (seq, (count, latest)) in result.fanout {
+        for (seq, count, latest) in result.fanout {
             let entry = self.fanout.entry(seq).or_insert((0, 0));
             entry.0 += count;
             entry.1 = entry.1.max(latest);

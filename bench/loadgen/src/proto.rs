@@ -1,7 +1,6 @@
 //! What the coordinator and its worker processes say to each other (JSON lines on the
 //! workers' stdin and stdout), and the payload format that carries a send time through any server.
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -79,6 +78,8 @@ pub struct WorkerPlan {
     /// Whether a connection counts as ready only after its first frame from the server
     /// (the subscription's acknowledgement).
     pub await_ack: bool,
+    /// Handshakes in flight at most (this worker).
+    pub max_pending: usize,
     /// Seconds a connection attempt may take.
     pub connect_timeout: f64,
 }
@@ -136,8 +137,8 @@ pub struct PhaseResult {
     pub timed: u64,
     /// Base64 of the V2-serialized latency histogram (ns).
     pub hist: String,
-    /// Per publish sequence number: (deliveries, latest delivery's latency in ns).
-    pub fanout: HashMap<u32, (u64, u64)>,
+    /// Per publish sequence number: (sequence, deliveries, latest delivery's latency in ns).
+    pub fanout: Vec<(u32, u64, u64)>,
     /// Wall-clock time (ns since epoch) of the first and last timed receipt.
     pub first_ns: u64,
     pub last_ns: u64,

@@ -75,7 +75,7 @@ impl State {
             counters,
             timed: self.timed,
             hist: encode_histogram(&self.hist),
-            fanout: self.fanout.clone(),
+            fanout: self.fanout.iter().map(|(s, (n, l))| (*s, *n, *l)).collect(),
             first_ns: self.first_ns,
             last_ns: self.last_ns,
         }
@@ -151,8 +151,12 @@ async fn work() -> anyhow::Result<()> {
     let start = Instant::now();
     let spacing = Duration::from_secs_f64(1.0 / plan.connect_rate.max(1.0));
     let mut tasks = Vec::with_capacity(plan.conns);
+    // At most `max_pending` handshakes in flight: a burst beyond the server's accept backlog
+    // would measure SYN retransmission timers, not the server.
+    let pending = std::sync::Arc::new(tokio::sync::Semaphore::new(plan.max_pending.max(1)));
     for i in 0..plan.conns {
         tokio::time::sleep_until(start + spacing * i as u32).await;
+        let permit = pending.clone().acquire_owned().await?;
         let source = plan.sources[(i + plan.index) % plan.sources.len()];
         tasks.push(tokio::task::spawn_local(connection(
             i,
@@ -162,6 +166,7 @@ async fn work() -> anyhow::Result<()> {
             state.clone(),
             watcher.clone(),
             outcome_tx.clone(),
+            permit,
         )));
     }
     let mut first_error = None;
@@ -223,10 +228,13 @@ async fn connection(
     state: Rc<RefCell<State>>,
     mut control: watch::Receiver<Control>,
     outcome: mpsc::UnboundedSender<Result<(), String>>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let limit = Duration::from_secs_f64(plan.connect_timeout);
+    // `{n}` in the URL gives each connection a path of its own (ws2api's /{ClientId}).
+    let url = plan.url.replace("{n}", &format!("w{}c{i}", plan.index));
     let ready = timeout(limit, async {
-        let mut ws = open(&plan.url, addr, source).await?;
+        let mut ws = open(&url, addr, source).await?;
         if let Some(text) = &plan.subscribe {
             ws.send(Message::text(text.clone())).await?;
         }
@@ -252,12 +260,14 @@ async fn connection(
             ws
         }
         Err(e) => {
+            drop(permit);
             state.borrow_mut().counters.failed += 1;
             let _ = outcome.send(Err(format!("{source}: {e:#}")));
             return;
         }
     };
     drop(outcome);
+    drop(permit);
     loop {
         let current = *control.borrow_and_update();
         let alive = match current {
