@@ -461,6 +461,10 @@ def report(bench, started, elapsed):
         if key in bench.results or any(k == key for k, _ in bench.errors):
             parts.extend([f"### {title}", "", text, "", table(bench, key, columns, headline, lower), ""])
 
+    # Round-trip columns of a single-step echo run.
+    latency = [(f"{name} ms", lambda r, q=q: us_to_ms(pick(r, f"steps.0.{q}_us")))
+               for name, q in [("p50", "p50"), ("p99", "p99"), ("p99.9", "p999"), ("max", "max")]]
+    latency.append(("lost", lambda r: pick(r, "steps.0.lost")))
     for key in sorted(bench.results.keys() | {k for k, _ in bench.errors}):
         kind = key.rsplit("-", 1)
         n = int(kind[1])
@@ -473,22 +477,12 @@ def report(bench, started, elapsed):
         elif key.startswith("echo-closed-"):
             section(f"Echo, closed loop: {n:,} connections", "Each connection sends 32 bytes and the next "
                     "as soon as the echo arrives.", key,
-                    [("msgs/s", lambda r: pick(r, "steps.0.msgs_per_s")),
-                     ("p50 ms", lambda r: us_to_ms(pick(r, "steps.0.p50_us"))),
-                     ("p99 ms", lambda r: us_to_ms(pick(r, "steps.0.p99_us"))),
-                     ("p99.9 ms", lambda r: us_to_ms(pick(r, "steps.0.p999_us"))),
-                     ("max ms", lambda r: us_to_ms(pick(r, "steps.0.max_us"))),
-                     ("lost", lambda r: pick(r, "steps.0.lost"))], "msgs/s")
+                    [("msgs/s", lambda r: pick(r, "steps.0.msgs_per_s"))] + latency, "msgs/s")
         elif key.startswith("echo-1ps-"):
             section(f"Echo, open loop: {n:,} connections x 1 msg/s", "Sends at fixed times, spread evenly; "
                     "round trip of each.", key,
-                    [("answered/s", lambda r: pick(r, "steps.0.msgs_per_s")),
-                     ("p50 ms", lambda r: us_to_ms(pick(r, "steps.0.p50_us"))),
-                     ("p99 ms", lambda r: us_to_ms(pick(r, "steps.0.p99_us"))),
-                     ("p99.9 ms", lambda r: us_to_ms(pick(r, "steps.0.p999_us"))),
-                     ("max ms", lambda r: us_to_ms(pick(r, "steps.0.max_us"))),
-                     ("lost", lambda r: pick(r, "steps.0.lost")),
-                     ("connects/s", lambda r: r["connect_rate"])], "p99 ms", lower=True)
+                    [("answered/s", lambda r: pick(r, "steps.0.msgs_per_s"))] + latency
+                    + [("connects/s", lambda r: r["connect_rate"])], "p99 ms", lower=True)
         elif key.startswith("relay-seed-"):
             section(f"Relay, the seed's scenario: {n:,} connections, 1 msg per 10 s each, 60 s",
                     "Client -> server -> mock backend (HTTP) -> answer relayed back; Switchboard in ws2api "

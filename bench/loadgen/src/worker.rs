@@ -160,8 +160,7 @@ async fn work() -> anyhow::Result<()> {
         let source = plan.sources[(i + plan.index) % plan.sources.len()];
         tasks.push(tokio::task::spawn_local(connection(
             i,
-            addr,
-            source,
+            (addr, source),
             plan.clone(),
             state.clone(),
             watcher.clone(),
@@ -222,8 +221,7 @@ async fn open(url: &str, addr: SocketAddr, source: std::net::Ipv4Addr) -> anyhow
 
 async fn connection(
     i: usize,
-    addr: SocketAddr,
-    source: std::net::Ipv4Addr,
+    (addr, source): (SocketAddr, std::net::Ipv4Addr),
     plan: Rc<WorkerPlan>,
     state: Rc<RefCell<State>>,
     mut control: watch::Receiver<Control>,
