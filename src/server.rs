@@ -26,6 +26,24 @@ const PAGE: &str = include_str!("../static/index.html");
 /// Room for the JSON and base64 around the largest frame a push request may carry.
 const PUSH_BODY_OVERHEAD: usize = 64 * 1024;
 
+/// Accept backlog of the listeners (the kernel caps it at net.core.somaxconn). A reconnect
+/// storm after a restart or a network blip opens thousands of connections at once; with
+/// std's fixed 128, the overflow is dropped and those clients wait out a 1 s SYN retransmit.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Bind `addr` as std's `TcpListener::bind` does (SO_REUSEADDR), with [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// The bound sockets the server runs on (bound before the server starts, so tests can bind
 /// port 0 and read the real address).
 pub struct Listeners {
@@ -38,13 +56,13 @@ pub struct Listeners {
 impl Listeners {
     /// Bind the addresses in `config`.
     pub fn bind(config: &Config) -> anyhow::Result<Self> {
-        let websocket = TcpListener::bind(config.server.listen.0).with_context(|| {
+        let websocket = listen(config.server.listen.0).with_context(|| {
             format!("cannot listen on server.listen = {}", config.server.listen)
         })?;
         let push = if config.shares_listener() {
             None
         } else {
-            Some(TcpListener::bind(config.push.listen.0).with_context(|| {
+            Some(listen(config.push.listen.0).with_context(|| {
                 format!("cannot listen on push.listen = {}", config.push.listen)
             })?)
         };
@@ -232,5 +250,27 @@ async fn drain(
         (open, left) => log::warn!(
             "shutdown deadline overrun: {open} session(s) still open, {left} disconnect notice(s) not delivered"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// A burst of connections that nobody has accepted yet all complete their handshake:
+    /// with std's backlog of 128, the rest would have their SYNs dropped (1 s retransmit).
+    #[test]
+    fn the_accept_backlog_holds_a_burst_of_connections() {
+        let listener = super::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut open = Vec::new();
+        for i in 0..600 {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+                Ok(stream) => open.push(stream),
+                Err(e) => panic!("connection {i} of 600 not accepted into the backlog: {e}"),
+            }
+        }
+        assert_eq!(open.len(), 600);
     }
 }
