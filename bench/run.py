@@ -405,6 +405,9 @@ def table(bench, key, columns, headline, lower_is_better=False):
         f"- `{c}`" for c in commands) + "\n"
 
 
+MEASURED_REV = None  # --rev: the commit a --report-only run's results were measured at
+
+
 def versions():
     def run(cmd):
         try:
@@ -416,8 +419,9 @@ def versions():
         ws = json.load(open(os.path.join(NODE_HUB, "node_modules", "ws", "package.json")))["version"]
     except Exception:
         pass
-    rev = run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
-    dirty = run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"])
+    rev = MEASURED_REV or run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
+    dirty = None if MEASURED_REV else run(["git", "-C", ROOT, "status", "--porcelain",
+                                           "--untracked-files=no"])
     return {
         "switchboard": rev + (" (with uncommitted changes)" if dirty else ""),
         "node": run(["node", "--version"]),
@@ -441,11 +445,64 @@ def machine():
 START, END = "<!-- bench/run.py: generated from here -->", "<!-- bench/run.py: generated to here -->"
 
 
+def median_of(bench, key, label, fn):
+    values = [fn(r) for r in bench.results.get(key, {}).get(label, [])]
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def targets(bench, us_to_ms):
+    """Issue 5's targets against this run's Switchboard medians."""
+    n19, n1 = bench.conns(19000), bench.conns(1000)
+    rows = [
+        ("idle memory at 19k", "<= 5 KiB per connection", "KiB",
+         median_of(bench, f"idle-{n19}", "switchboard", lambda r: r["rss_per_conn_kib"]), 5, True),
+        ("connect rate (19k ramp)", ">= 15,000/s", "/s",
+         median_of(bench, f"idle-{n19}", "switchboard", lambda r: r["connect_rate"]), 15000, False),
+        ("echo 19k x 1 msg/s: p99", "<= 1 ms", "ms",
+         median_of(bench, f"echo-1ps-{n19}", "switchboard",
+                   lambda r: us_to_ms(pick(r, "steps.0.p99_us"))), 1, True),
+        ("echo closed loop at 1k", ">= 100,000 msgs/s", "msgs/s",
+         median_of(bench, f"echo-closed-{n1}", "switchboard",
+                   lambda r: pick(r, "steps.0.msgs_per_s")), 100000, False),
+        ("relay, sustained with p99 <= 20 ms", ">= 25,000 round trips/s", "msgs/s",
+         median_of(bench, f"relay-max-{n1}", "switchboard",
+                   lambda r: (best_step(r) or {}).get("msgs_per_s")), 25000, False),
+        ("relay seed scenario: ramp", ">= 4,000 connects/s", "/s",
+         median_of(bench, f"relay-seed-{n19}", "switchboard", lambda r: r["connect_rate"]), 4000, False),
+        ("fan-out 19k: publish -> last delivery", "<= 60 ms", "ms",
+         median_of(bench, f"fanout-{n19}", "switchboard",
+                   lambda r: pick(r, "latency.last_delivery_ms_median")), 60, True),
+        ("fan-out 19k: sustained deliveries", ">= 400,000/s", "/s",
+         median_of(bench, f"fanout-{n19}", "switchboard",
+                   lambda r: pick(r, "throughput.deliveries_per_s")), 400000, False),
+    ]
+    out = ["### Targets", "", "| target | goal | Switchboard (median) | met |", "|---|---|---|---|"]
+    for name, goal, unit, value, bound, lower in rows:
+        if value is None:
+            continue
+        met = value <= bound if lower else value >= bound
+        out.append(f"| {name} | {goal} | {fmt(value)} {unit} | {'yes' if met else '**no**'} |")
+    return out + [""]
+
+
+def load_results():
+    """Rebuild a Bench from bench/results/latest.jsonl (for --report-only)."""
+    bench = Bench(0, False)
+    for line in open(RESULTS):
+        r = json.loads(line)
+        bench.results.setdefault(r["key"], {}).setdefault(r["label"], []).append(r)
+        bench.runs = max(bench.runs, len(bench.results[r["key"]][r["label"]]))
+    bench.quick = any(k.endswith("-2000") for k in bench.results)
+    return bench
+
+
 def report(bench, started, elapsed):
     v = versions()
     us_to_ms = lambda x: None if x is None else x / 1000.0  # noqa: E731
     parts = [START, "",
-             f"Run {started:%Y-%m-%d %H:%M} UTC, {elapsed / 60:.0f} minutes, "
+             f"Run {started:%Y-%m-%d %H:%M} UTC"
+             + (f", {elapsed / 60:.0f} minutes" if elapsed is not None else "") + ", "
              f"`python3 bench/run.py{' --quick' if bench.quick else ''}`"
              f" ({bench.runs} run{'s' if bench.runs > 1 else ''} per cell; cells are the median, "
              "with min-max in brackets).", "",
@@ -456,6 +513,8 @@ def report(bench, started, elapsed):
              "(message_rate 2500 -> 1000000/s, message_hwm 25000 -> 10000000), log level 1. Its connect "
              "rate is held at 500/s: above that zurl's calls to the backend start failing (502).",
              "- Raw results of every run: bench/results/latest.jsonl.", ""]
+
+    parts.extend(targets(bench, us_to_ms))
 
     def section(title, text, key, columns, headline, lower=False):
         if key in bench.results or any(k == key for k, _ in bench.errors):
@@ -534,7 +593,18 @@ def main():
                         help="comma-separated scenarios: idle,echo,relay,fanout")
     parser.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     parser.add_argument("--no-install", action="store_true", help="skip apt/npm/cargo")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the report from bench/results/latest.jsonl without running")
+    parser.add_argument("--rev", help="with --report-only: the commit the results were measured at")
     args = parser.parse_args()
+    if args.report_only:
+        global MEASURED_REV
+        MEASURED_REV = args.rev
+        bench = load_results()
+        bench.out = args.out
+        mtime = os.path.getmtime(RESULTS)
+        report(bench, datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc), None)
+        return
     runs = args.runs or (1 if args.quick else 3)
     if not args.no_install:
         install()
