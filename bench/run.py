@@ -17,6 +17,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -189,6 +190,7 @@ def loadgen(mode, args, key, label):
     out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=900)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["key"] = key
+    result["rev"] = REV
     result["command"] = "loadgen " + " ".join(
         a if " " not in a and "{" not in a else "'" + a + "'" for a in [mode, *args])
     with open(RESULTS, "a") as f:
@@ -291,8 +293,10 @@ class Bench:
                      "--publish-url", f"http://127.0.0.1:{NODE_PORT}/publish",
                      "--publish-body", "{payload}"] + common)
         self.repeat(key, "pushpin", with_backend(pushpin), "fanout",
-                    ["--url", f"ws://127.0.0.1:{PUSHPIN_PORT}/fanout", "--connect-rate", "500",
-                     "--connect-timeout", "30",
+                    # 250/s: at 500/s, subscribing connections saturate both cores (pushpin-handler,
+                    # zurl, pushpin-proxy) and one in six connects fails with 502.
+                    ["--url", f"ws://127.0.0.1:{PUSHPIN_PORT}/fanout", "--connect-rate", "250",
+                     "--connect-timeout", "60",
                      "--publish-url", f"http://127.0.0.1:{PUSHPIN_PUBLISH}/publish/",
                      "--publish-body",
                      '{"items":[{"channel":"bench","formats":{"ws-message":{"content":"{payload}"}}}]}']
@@ -372,7 +376,8 @@ def table(bench, key, columns, headline, lower_is_better=False):
     """Rows: servers; columns: (title, function of a result); headline: the column the
     Switchboard/peer ratio is computed on."""
     per_server = bench.results.get(key, {})
-    out = ["| server | runs | " + " | ".join(t for t, _ in columns) + " | Switchboard vs this peer |",
+    out = ["| server | runs | " + " | ".join(t for t, _ in columns)
+           + f" | Switchboard vs this peer ({headline}) |",
            "|---|---|" + "---|" * len(columns) + "---|"]
     ours = None
     rows = []
@@ -400,12 +405,18 @@ def table(bench, key, columns, headline, lower_is_better=False):
         label, head, cells, n = row
         r = "-" if label == "switchboard" else ratio(ours, head, lower_is_better)
         out.append(f"| {label} | {n} | " + " | ".join(cells) + f" | {r} |")
-    commands = sorted({r["command"] for rs in per_server.values() for r in rs})
+    # One line per distinct command, servers in table order; the PID an idle run reads differs per run.
+    commands = list(dict.fromkeys(
+        re.sub(r"--rss-of \d+", "--rss-of PID", r["command"])
+        for label in ["switchboard", "node-ws", "pushpin", "websocketd"]
+        for r in per_server.get(label, [])))
     return "\n".join(out) + "\n\nCommands (server started fresh for each run):\n" + "\n".join(
         f"- `{c}`" for c in commands) + "\n"
 
 
-MEASURED_REV = None  # --rev: the commit a --report-only run's results were measured at
+MEASURED_REV = None  # --rev: the commit that results without a "rev" field were measured at
+REV = None  # this run's commit, recorded in every result
+SCENARIOS = ["idle", "echo", "relay", "fanout"]
 
 
 def versions():
@@ -419,9 +430,10 @@ def versions():
         ws = json.load(open(os.path.join(NODE_HUB, "node_modules", "ws", "package.json")))["version"]
     except Exception:
         pass
-    rev = MEASURED_REV or run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
-    dirty = None if MEASURED_REV else run(["git", "-C", ROOT, "status", "--porcelain",
-                                           "--untracked-files=no"])
+    rev = run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
+    # Only changes to what the measured binaries are built from count (not this report).
+    dirty = run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no", "--",
+                 "src", "Cargo.toml", "Cargo.lock", "bench/loadgen", "bench/configs"])
     return {
         "switchboard": rev + (" (with uncommitted changes)" if dirty else ""),
         "node": run(["node", "--version"]),
@@ -486,6 +498,19 @@ def targets(bench, us_to_ms):
     return out + [""]
 
 
+def measured_revs(bench):
+    """The commit(s) the Switchboard results were measured at, with their scenarios."""
+    revs = {}
+    for key, per_server in bench.results.items():
+        for r in per_server.get("switchboard", []):
+            rev = r.get("rev") or MEASURED_REV or "unknown commit"
+            revs.setdefault(rev, set()).add(key.split("-")[0])
+    if len(revs) == 1:
+        return next(iter(revs))
+    return "; ".join(f"{rev} ({', '.join(s for s in SCENARIOS if s in scen)})"
+                     for rev, scen in revs.items())
+
+
 def load_results():
     """Rebuild a Bench from bench/results/latest.jsonl (for --report-only)."""
     bench = Bench(0, False)
@@ -507,7 +532,7 @@ def report(bench, started, elapsed):
              f" ({bench.runs} run{'s' if bench.runs > 1 else ''} per cell; cells are the median, "
              "with min-max in brackets).", "",
              f"- Machine: {machine()}.",
-             f"- Switchboard {v['switchboard']} (release build); Node.js {v['node']} with ws {v['ws']}; "
+             f"- Switchboard {measured_revs(bench)} (release build); Node.js {v['node']} with ws {v['ws']}; "
              f"Pushpin {v['pushpin']} (Debian); websocketd {v['websocketd']} (Debian).",
              "- Pushpin: WebSocket-over-HTTP in front of the mock backend, its publish rate limits raised "
              "(message_rate 2500 -> 1000000/s, message_hwm 25000 -> 10000000), log level 1. Its connect "
@@ -524,7 +549,9 @@ def report(bench, started, elapsed):
     latency = [(f"{name} ms", lambda r, q=q: us_to_ms(pick(r, f"steps.0.{q}_us")))
                for name, q in [("p50", "p50"), ("p99", "p99"), ("p99.9", "p999"), ("max", "max")]]
     latency.append(("lost", lambda r: pick(r, "steps.0.lost")))
-    for key in sorted(bench.results.keys() | {k for k, _ in bench.errors}):
+    order = ["idle", "echo-closed", "echo-1ps", "relay-seed", "relay-max", "fanout"]
+    for key in sorted(bench.results.keys() | {k for k, _ in bench.errors},
+                      key=lambda k: (order.index(k.rsplit("-", 1)[0]), int(k.rsplit("-", 1)[1]))):
         kind = key.rsplit("-", 1)
         n = int(kind[1])
         if key.startswith("idle-"):
@@ -552,7 +579,8 @@ def report(bench, started, elapsed):
                      ("p50 ms", lambda r: us_to_ms(pick(r, "steps.0.p50_us"))),
                      ("p99 ms", lambda r: us_to_ms(pick(r, "steps.0.p99_us"))),
                      ("max ms", lambda r: us_to_ms(pick(r, "steps.0.max_us"))),
-                     ("lost", lambda r: pick(r, "steps.0.lost"))], "p99 ms", lower=True)
+                     ("lost", lambda r: pick(r, "steps.0.lost")),
+                     ("connections closed", lambda r: pick(r, "steps.0.closed"))], "answered/s")
         elif key.startswith("relay-max-"):
             section(f"Relay, maximum sustained: {n:,} connections", "Open-loop steps of rising total rate, "
                     "5 s each; the figure is the highest step with p99 <= 20 ms and nothing lost.", key,
@@ -571,6 +599,8 @@ def report(bench, started, elapsed):
                      ("deliveries/s", lambda r: pick(r, "throughput.deliveries_per_s")),
                      ("missing", lambda r: (pick(r, "latency.missing") or 0)
                       + (pick(r, "throughput.missing") or 0)),
+                     ("subscribers closed", lambda r: (pick(r, "latency.closed") or 0)
+                      + (pick(r, "throughput.closed") or 0)),
                      ("connects/s", lambda r: r["connect_rate"])], "deliveries/s")
     parts.append(END)
     generated = "\n".join(parts)
@@ -595,11 +625,12 @@ def main():
     parser.add_argument("--no-install", action="store_true", help="skip apt/npm/cargo")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the report from bench/results/latest.jsonl without running")
-    parser.add_argument("--rev", help="with --report-only: the commit the results were measured at")
+    parser.add_argument("--rev", help="the commit that earlier results without a recorded commit "
+                        "were measured at")
     args = parser.parse_args()
+    global REV, MEASURED_REV
+    MEASURED_REV = args.rev
     if args.report_only:
-        global MEASURED_REV
-        MEASURED_REV = args.rev
         bench = load_results()
         bench.out = args.out
         mtime = os.path.getmtime(RESULTS)
@@ -608,14 +639,24 @@ def main():
     runs = args.runs or (1 if args.quick else 3)
     if not args.no_install:
         install()
+    REV = versions()["switchboard"]
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    open(RESULTS, "w").close()
-    bench = Bench(runs, args.quick)
+    only = [name.strip() for name in args.only.split(",")]
+    if set(only) != set(SCENARIOS) and os.path.exists(RESULTS):
+        # A partial run replaces its scenarios' results and keeps the others.
+        kept = [line for line in open(RESULTS) if json.loads(line)["key"].split("-")[0] not in only]
+        with open(RESULTS, "w") as f:
+            f.writelines(kept)
+        bench = load_results()
+        bench.runs, bench.quick = runs, args.quick
+    else:
+        open(RESULTS, "w").close()
+        bench = Bench(runs, args.quick)
     bench.out = args.out
     started = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.time()
-    for name in args.only.split(","):
-        getattr(bench, name.strip())()
+    for name in only:
+        getattr(bench, name)()
         report(bench, started, time.time() - t0)
     report(bench, started, time.time() - t0)
 

@@ -475,7 +475,11 @@ impl Run {
             publishes,
             publish_errors,
         };
-        let limit = self.started.elapsed().as_secs_f64() + secs + grace + 30.0;
+        let limit = self.started.elapsed().as_secs_f64()
+            + secs
+            + grace
+            + proto::MAX_DRAIN.as_secs_f64()
+            + 30.0;
         let mut pending = self.workers.len();
         let closed_before: u64 = self.latest.iter().map(|c| c.closed).sum();
         while pending > 0 {

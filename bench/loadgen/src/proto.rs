@@ -84,12 +84,15 @@ pub struct WorkerPlan {
     pub connect_timeout: f64,
 }
 
+/// The longest a worker waits after a phase for what is still on its way.
+pub const MAX_DRAIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A phase of a run, sent by the coordinator once every worker is connected.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
-    /// Reset the counters, run `mode` for `secs`, then wait `grace` seconds for answers
-    /// still in flight and report.
+    /// Reset the counters, run `mode` for `secs`, then wait for answers still in flight
+    /// until none has arrived for `grace` seconds (at most [`MAX_DRAIN`]), and report.
     Phase { mode: Mode, secs: f64, grace: f64 },
     /// Close every connection and exit.
     Quit,

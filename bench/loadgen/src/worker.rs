@@ -21,7 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::proto::{
     encode_histogram, histogram, now_ns, parse, payload, Command, Counters, Mode, PhaseResult,
-    Report, WorkerPlan,
+    Report, WorkerPlan, MAX_DRAIN,
 };
 
 type Socket = WebSocketStream<TcpStream>;
@@ -194,7 +194,7 @@ async fn work() -> anyhow::Result<()> {
                 control.send_replace(Control::Run(mode));
                 sleep(Duration::from_secs_f64(secs)).await;
                 control.send_replace(Control::Run(Mode::Hold));
-                sleep(Duration::from_secs_f64(grace)).await;
+                drain(&state, Duration::from_secs_f64(grace)).await;
                 let result = state.borrow().phase_result();
                 emit(&Report::PhaseDone(result));
             }
@@ -208,6 +208,23 @@ async fn work() -> anyhow::Result<()> {
     )
     .await;
     Ok(())
+}
+
+/// Wait for what is still on its way: until nothing has arrived for `quiet`, at most
+/// [`MAX_DRAIN`]. A server that has queued more than it could deliver during the phase gets to
+/// deliver it, so that what is counted missing at the end was lost, not merely late.
+async fn drain(state: &Rc<RefCell<State>>, quiet: Duration) {
+    let start = Instant::now();
+    let mut seen = state.borrow().counters.received;
+    let mut last_change = start;
+    while last_change.elapsed() < quiet && start.elapsed() < MAX_DRAIN {
+        sleep(Duration::from_millis(50)).await;
+        let now = state.borrow().counters.received;
+        if now != seen {
+            seen = now;
+            last_change = Instant::now();
+        }
+    }
 }
 
 async fn open(url: &str, addr: SocketAddr, source: std::net::Ipv4Addr) -> anyhow::Result<Socket> {
