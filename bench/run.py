@@ -191,6 +191,7 @@ def loadgen(mode, args, key, label):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["key"] = key
     result["rev"] = REV
+    result["date"] = RUN_STARTED
     result["command"] = "loadgen " + " ".join(
         a if " " not in a and "{" not in a else "'" + a + "'" for a in [mode, *args])
     with open(RESULTS, "a") as f:
@@ -204,9 +205,9 @@ class Bench:
         self.results = {}  # key -> server label -> [result]
         self.errors = {}  # (key, label) -> message
 
-    def repeat(self, key, label, start, mode, args, rss=False):
+    def repeat(self, key, label, start, mode, args, rss=False, runs=None):
         """`runs` times: start the server(s) fresh, run loadgen, keep the result."""
-        for _ in range(self.runs):
+        for _ in range(runs or self.runs):
             try:
                 with start() as server:
                     extra = ["--rss-of", str(server.pid)] if rss else []
@@ -279,28 +280,31 @@ class Bench:
                      "--secs", str(self.secs(5))])
 
     def fanout(self):
-        n = self.conns(19000)
-        key = f"fanout-{n}"
-        common = ["--conns", str(n), "--probes", "10", "--probe-interval-ms", "500",
-                  "--rate", "25", "--secs", str(self.secs(10))]
-        self.repeat(key, "switchboard", lambda: switchboard("hub.toml"), "fanout",
-                    ["--url", f"ws://127.0.0.1:{HUB_WS}/rpc", "--connect-rate", "10000",
-                     "--subscribe", SUBSCRIBE_RPC, "--await-ack",
-                     "--publish-url", f"http://127.0.0.1:{HUB_PUSH}/api/publish",
-                     "--publish-body", '{"channel":"bench","data":"{payload}"}'] + common)
-        self.repeat(key, "node-ws", node_hub, "fanout",
-                    ["--url", f"ws://127.0.0.1:{NODE_PORT}/sub", "--connect-rate", "10000",
-                     "--publish-url", f"http://127.0.0.1:{NODE_PORT}/publish",
-                     "--publish-body", "{payload}"] + common)
-        self.repeat(key, "pushpin", with_backend(pushpin), "fanout",
-                    # 250/s: at 500/s, subscribing connections saturate both cores (pushpin-handler,
-                    # zurl, pushpin-proxy) and one in six connects fails with 502.
-                    ["--url", f"ws://127.0.0.1:{PUSHPIN_PORT}/fanout", "--connect-rate", "250",
-                     "--connect-timeout", "60",
-                     "--publish-url", f"http://127.0.0.1:{PUSHPIN_PUBLISH}/publish/",
-                     "--publish-body",
-                     '{"items":[{"channel":"bench","formats":{"ws-message":{"content":"{payload}"}}}]}']
-                    + common)
+        for n in (1000, 19000):
+            n = self.conns(n)
+            key = f"fanout-{n}"
+            common = ["--conns", str(n), "--probes", "10", "--probe-interval-ms", "500",
+                      "--rate", "25", "--secs", str(self.secs(10))]
+            self.repeat(key, "switchboard", lambda: switchboard("hub.toml"), "fanout",
+                        ["--url", f"ws://127.0.0.1:{HUB_WS}/rpc", "--connect-rate", "10000",
+                         "--subscribe", SUBSCRIBE_RPC, "--await-ack",
+                         "--publish-url", f"http://127.0.0.1:{HUB_PUSH}/api/publish",
+                         "--publish-body", '{"channel":"bench","data":"{payload}"}'] + common)
+            self.repeat(key, "node-ws", node_hub, "fanout",
+                        ["--url", f"ws://127.0.0.1:{NODE_PORT}/sub", "--connect-rate", "10000",
+                         "--publish-url", f"http://127.0.0.1:{NODE_PORT}/publish",
+                         "--publish-body", "{payload}"] + common)
+            # 250/s: at 500/s, subscribing connections saturate both cores (pushpin-handler,
+            # zurl, pushpin-proxy) and one connect in six fails with 502. At 19k subscribers
+            # Pushpin delivers nothing and its publish endpoint times out (seen in every
+            # attempt), so that cell is run once rather than spend a quarter of an hour failing.
+            self.repeat(key, "pushpin", with_backend(pushpin), "fanout",
+                        ["--url", f"ws://127.0.0.1:{PUSHPIN_PORT}/fanout", "--connect-rate", "250",
+                         "--connect-timeout", "60",
+                         "--publish-url", f"http://127.0.0.1:{PUSHPIN_PUBLISH}/publish/",
+                         "--publish-body",
+                         '{"items":[{"channel":"bench","formats":{"ws-message":{"content":"{payload}"}}}]}']
+                        + common, runs=1 if n > 5000 else None)
 
 
 class with_backend:
@@ -415,6 +419,8 @@ def table(bench, key, columns, headline, lower_is_better=False):
 
 
 MEASURED_REV = None  # --rev: the commit that results without a "rev" field were measured at
+MEASURED_AT = None  # --measured-at: when results without a "date" field were measured
+RUN_STARTED = None  # this run's start, recorded in every result
 REV = None  # this run's commit, recorded in every result
 SCENARIOS = ["idle", "echo", "relay", "fanout"]
 
@@ -498,17 +504,17 @@ def targets(bench, us_to_ms):
     return out + [""]
 
 
-def measured_revs(bench):
-    """The commit(s) the Switchboard results were measured at, with their scenarios."""
-    revs = {}
+def measured(bench):
+    """When and at which commit the results were measured, with their scenarios."""
+    runs = {}
     for key, per_server in bench.results.items():
-        for r in per_server.get("switchboard", []):
-            rev = r.get("rev") or MEASURED_REV or "unknown commit"
-            revs.setdefault(rev, set()).add(key.split("-")[0])
-    if len(revs) == 1:
-        return next(iter(revs))
-    return "; ".join(f"{rev} ({', '.join(s for s in SCENARIOS if s in scen)})"
-                     for rev, scen in revs.items())
+        for rs in per_server.values():
+            for r in rs:
+                when = (r.get("date") or MEASURED_AT or "unknown date",
+                        r.get("rev") or MEASURED_REV or "unknown commit")
+                runs.setdefault(when, set()).add(key.split("-")[0])
+    return "; ".join(f"{', '.join(s for s in SCENARIOS if s in scen)}: run of {date}, Switchboard {rev}"
+                     for (date, rev), scen in sorted(runs.items()))
 
 
 def load_results():
@@ -526,17 +532,19 @@ def report(bench, started, elapsed):
     v = versions()
     us_to_ms = lambda x: None if x is None else x / 1000.0  # noqa: E731
     parts = [START, "",
-             f"Run {started:%Y-%m-%d %H:%M} UTC"
-             + (f", {elapsed / 60:.0f} minutes" if elapsed is not None else "") + ", "
+             f"Written {started:%Y-%m-%d %H:%M} UTC"
+             + (f" after {elapsed / 60:.0f} minutes" if elapsed is not None else "") + " by "
              f"`python3 bench/run.py{' --quick' if bench.quick else ''}`"
              f" ({bench.runs} run{'s' if bench.runs > 1 else ''} per cell; cells are the median, "
-             "with min-max in brackets).", "",
+             "with min-max in brackets). Peers were measured in the same run as Switchboard.", "",
+             f"- Measured: {measured(bench)}.",
              f"- Machine: {machine()}.",
-             f"- Switchboard {measured_revs(bench)} (release build); Node.js {v['node']} with ws {v['ws']}; "
+             f"- Switchboard release build; Node.js {v['node']} with ws {v['ws']}; "
              f"Pushpin {v['pushpin']} (Debian); websocketd {v['websocketd']} (Debian).",
              "- Pushpin: WebSocket-over-HTTP in front of the mock backend, its publish rate limits raised "
              "(message_rate 2500 -> 1000000/s, message_hwm 25000 -> 10000000), log level 1. Its connect "
-             "rate is held at 500/s: above that zurl's calls to the backend start failing (502).",
+             "rate is held at 500/s (250/s for fan-out, where each connect also subscribes): above that "
+             "its calls to the backend start failing (502).",
              "- Raw results of every run: bench/results/latest.jsonl.", ""]
 
     parts.extend(targets(bench, us_to_ms))
@@ -601,6 +609,9 @@ def report(bench, started, elapsed):
                       + (pick(r, "throughput.missing") or 0)),
                      ("subscribers closed", lambda r: (pick(r, "latency.closed") or 0)
                       + (pick(r, "throughput.closed") or 0)),
+                     ("publishes failed", lambda r: (pick(r, "latency.publish_errors") or 0)
+                      + (pick(r, "throughput.publish_errors") or 0)),
+                     ("subscribed", lambda r: r["connected"]),
                      ("connects/s", lambda r: r["connect_rate"])], "deliveries/s")
     parts.append(END)
     generated = "\n".join(parts)
@@ -627,14 +638,15 @@ def main():
                         help="rewrite the report from bench/results/latest.jsonl without running")
     parser.add_argument("--rev", help="the commit that earlier results without a recorded commit "
                         "were measured at")
+    parser.add_argument("--measured-at", help="when earlier results without a recorded date were "
+                        "measured (e.g. '2026-11-23 14:45 UTC')")
     args = parser.parse_args()
-    global REV, MEASURED_REV
-    MEASURED_REV = args.rev
+    global REV, MEASURED_REV, MEASURED_AT, RUN_STARTED
+    MEASURED_REV, MEASURED_AT = args.rev, args.measured_at
     if args.report_only:
         bench = load_results()
         bench.out = args.out
-        mtime = os.path.getmtime(RESULTS)
-        report(bench, datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc), None)
+        report(bench, datetime.datetime.now(datetime.timezone.utc), None)
         return
     runs = args.runs or (1 if args.quick else 3)
     if not args.no_install:
@@ -654,6 +666,7 @@ def main():
         bench = Bench(runs, args.quick)
     bench.out = args.out
     started = datetime.datetime.now(datetime.timezone.utc)
+    RUN_STARTED = f"{started:%Y-%m-%d %H:%M} UTC"
     t0 = time.time()
     for name in only:
         getattr(bench, name)()
