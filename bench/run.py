@@ -601,7 +601,10 @@ def report(bench, started, elapsed):
         elif key.startswith("fanout-"):
             section(f"Fan-out: {n:,} subscribers on one channel", "Latency: 10 publishes 500 ms apart, "
                     "time from publish to the last subscriber's receipt. Throughput: 25 publishes/s for 10 s, "
-                    "deliveries received per second from the first publish to the last receipt.", key,
+                    "deliveries received per second from the first publish to the last receipt. The "
+                    "publisher makes one HTTP publish at a time and waits for its answer; what it could not "
+                    "make within the phase and 5 s more counts as not made. Missing: deliveries that had not "
+                    "arrived when nothing more had come for 3 s (at most 60 s after the phase).", key,
                     [("last delivery ms", lambda r: pick(r, "latency.last_delivery_ms_median")),
                      ("worst last delivery ms", lambda r: pick(r, "latency.last_delivery_ms_max")),
                      ("deliveries/s", lambda r: pick(r, "throughput.deliveries_per_s")),
@@ -609,10 +612,13 @@ def report(bench, started, elapsed):
                       + (pick(r, "throughput.missing") or 0)),
                      ("subscribers closed", lambda r: (pick(r, "latency.closed") or 0)
                       + (pick(r, "throughput.closed") or 0)),
-                     ("publishes failed", lambda r: (pick(r, "latency.publish_errors") or 0)
+                     ("publishes failed or not made", lambda r: (pick(r, "latency.publish_errors") or 0)
                       + (pick(r, "throughput.publish_errors") or 0)),
                      ("subscribed", lambda r: r["connected"]),
-                     ("connects/s", lambda r: r["connect_rate"])], "deliveries/s")
+                     ("connects/s", lambda r: r["connect_rate"])],
+                    # At 1k subscribers every server keeps up with what is offered (25k/s), so the
+                    # comparison is the latency; at 19k it is what each sustains.
+                    "last delivery ms" if n < 5000 else "deliveries/s", lower=n < 5000)
     parts.append(END)
     generated = "\n".join(parts)
     path = bench.out
