@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Run every benchmark scenario against Switchboard and its peers, and write BENCHMARKS.md.
 
-    python3 bench/run.py              # everything, 3 runs each (about 40 minutes)
-    python3 bench/run.py --quick      # one short run each, small counts: checks the setup
-    python3 bench/run.py --only fanout --runs 1 --out /tmp/b.md
+    python3 bench/run.py              # everything, 3 runs each (about an hour)
+    python3 bench/run.py --quick      # one short run each, small counts, into a temporary
+                                      # directory: checks the setup, keeps the results
+    python3 bench/run.py --only fanout  # one scenario again; the others' results are kept
 
 Installs what it needs from the package registries (Debian: pushpin, websocketd, nodejs, npm;
 npm: ws), builds the release binaries (`cargo build --release --workspace`), then for each
 scenario and server starts a fresh server, drives it with `target/release/loadgen`, stops it.
-Every run's raw result is appended to bench/results/latest.jsonl (rewritten each full run).
+Every run's raw result is appended to bench/results/latest.jsonl (rewritten each full run;
+a --quick run writes its own in a temporary directory).
 Needs root for apt-get and for widening net.ipv4.ip_local_port_range (both best effort).
 """
 
@@ -188,6 +190,8 @@ def loadgen(mode, args, key, label):
     cmd = [LOADGEN, mode, *args, "--label", label]
     log("$", " ".join(cmd))
     out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=900)
+    if out.returncode != 0 or not out.stdout.strip():
+        raise RuntimeError(f"loadgen exited with status {out.returncode} (its stderr is above)")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["key"] = key
     result["rev"] = REV
@@ -523,19 +527,21 @@ def load_results():
     for line in open(RESULTS):
         r = json.loads(line)
         bench.results.setdefault(r["key"], {}).setdefault(r["label"], []).append(r)
-        bench.runs = max(bench.runs, len(bench.results[r["key"]][r["label"]]))
     bench.quick = any(k.endswith("-2000") for k in bench.results)
     return bench
 
 
 def report(bench, started, elapsed):
     v = versions()
+    # Runs per cell as the results hold them (a partial run may have used another --runs).
+    runs = max((len(rs) for per_server in bench.results.values() for rs in per_server.values()),
+               default=0)
     us_to_ms = lambda x: None if x is None else x / 1000.0  # noqa: E731
     parts = [START, "",
              f"Written {started:%Y-%m-%d %H:%M} UTC"
              + (f" after {elapsed / 60:.0f} minutes" if elapsed is not None else "") + " by "
              f"`python3 bench/run.py{' --quick' if bench.quick else ''}`"
-             f" ({bench.runs} run{'s' if bench.runs > 1 else ''} per cell; cells are the median, "
+             f" ({runs} run{'s' if runs > 1 else ''} per cell; cells are the median, "
              "with min-max in brackets). Peers were measured in the same run as Switchboard.", "",
              f"- Measured: {measured(bench)}.",
              f"- Machine: {machine()}.",
@@ -545,7 +551,7 @@ def report(bench, started, elapsed):
              "(message_rate 2500 -> 1000000/s, message_hwm 25000 -> 10000000), log level 1. Its connect "
              "rate is held at 500/s (250/s for fan-out, where each connect also subscribes): above that "
              "its calls to the backend start failing (502).",
-             "- Raw results of every run: bench/results/latest.jsonl.", ""]
+             f"- Raw results of every run: {os.path.relpath(RESULTS, ROOT) if RESULTS.startswith(ROOT) else RESULTS}.", ""]
 
     parts.extend(targets(bench, us_to_ms))
 
@@ -638,7 +644,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small counts, short phases, one run")
     parser.add_argument("--only", default="idle,echo,relay,fanout",
                         help="comma-separated scenarios: idle,echo,relay,fanout")
-    parser.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    parser.add_argument("--out", help="the report to write (default BENCHMARKS.md; with --quick, "
+                        "a temporary directory)")
     parser.add_argument("--no-install", action="store_true", help="skip apt/npm/cargo")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the report from bench/results/latest.jsonl without running")
@@ -647,11 +654,21 @@ def main():
     parser.add_argument("--measured-at", help="when earlier results without a recorded date were "
                         "measured (e.g. '2026-11-23 14:45 UTC')")
     args = parser.parse_args()
-    global REV, MEASURED_REV, MEASURED_AT, RUN_STARTED
+    global REV, MEASURED_REV, MEASURED_AT, RUN_STARTED, RESULTS
     MEASURED_REV, MEASURED_AT = args.rev, args.measured_at
+    only = [name.strip() for name in args.only.split(",")]
+    unknown = [name for name in only if name not in SCENARIOS]
+    if unknown:
+        parser.error(f"--only: unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    out = args.out or os.path.join(ROOT, "BENCHMARKS.md")
+    if args.quick:
+        # Small-count figures must not replace the measured ones.
+        scratch = tempfile.mkdtemp(prefix="bench-quick-")
+        RESULTS = os.path.join(scratch, "latest.jsonl")
+        out = args.out or os.path.join(scratch, "BENCHMARKS.md")
     if args.report_only:
         bench = load_results()
-        bench.out = args.out
+        bench.out = out
         report(bench, datetime.datetime.now(datetime.timezone.utc), None)
         return
     runs = args.runs or (1 if args.quick else 3)
@@ -659,7 +676,6 @@ def main():
         install()
     REV = versions()["switchboard"]
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    only = [name.strip() for name in args.only.split(",")]
     if set(only) != set(SCENARIOS) and os.path.exists(RESULTS):
         # A partial run replaces its scenarios' results and keeps the others.
         kept = [line for line in open(RESULTS) if json.loads(line)["key"].split("-")[0] not in only]
@@ -670,7 +686,7 @@ def main():
     else:
         open(RESULTS, "w").close()
         bench = Bench(runs, args.quick)
-    bench.out = args.out
+    bench.out = out
     started = datetime.datetime.now(datetime.timezone.utc)
     RUN_STARTED = f"{started:%Y-%m-%d %H:%M} UTC"
     t0 = time.time()

@@ -206,13 +206,16 @@ fn main() -> anyhow::Result<()> {
             let publisher = Publisher::new(publish_url, publish_body, headers, size)?;
             let mut run = Run::start(&common)?;
             let interval = Duration::from_millis(probe_interval_ms);
-            let latency =
-                run.phase_with(interval.as_secs_f64() * probes as f64 + 0.2, 3.0, || {
-                    publisher.paced(1, probes, interval)
-                })?;
+            // The workers listen for as long as the publisher may go on publishing.
+            let listen =
+                |every: Duration, count: u32| Publisher::budget(every, count).as_secs_f64() + 0.2;
+            let latency = run.phase_with(listen(interval, probes), 3.0, || {
+                publisher.paced(1, probes, interval)
+            })?;
             let count = (rate * secs).round().max(1.0) as u32;
-            let throughput = run.phase_with(secs + 0.2, 3.0, || {
-                publisher.paced(probes + 1, count, Duration::from_secs_f64(1.0 / rate))
+            let every = Duration::from_secs_f64(1.0 / rate);
+            let throughput = run.phase_with(listen(every, count), 3.0, || {
+                publisher.paced(probes + 1, count, every)
             })?;
             let mut result = run.summary("fanout");
             result["latency"] = latency.fanout_summary(run.connected);
@@ -595,7 +598,13 @@ impl Merged {
             .collect();
         last.sort_by(f64::total_cmp);
         let expected = self.publishes.len() as u64 * subscribers;
-        let delivered: u64 = self.fanout.values().map(|(n, _)| n).sum();
+        // Only this phase's successful publishes: not a late receipt of an earlier phase, nor
+        // one of a publish the publisher counted as failed.
+        let delivered: u64 = self
+            .publishes
+            .iter()
+            .filter_map(|(seq, _)| self.fanout.get(seq).map(|(n, _)| *n))
+            .sum();
         let first_publish = self.publishes.iter().map(|(_, t)| *t).min().unwrap_or(0);
         let span = self.last_ns.saturating_sub(first_publish) as f64 / 1e9;
         json!({
@@ -648,13 +657,18 @@ impl Publisher {
         })
     }
 
+    /// The longest `paced(_, count, every)` publishes for.
+    fn budget(every: Duration, count: u32) -> Duration {
+        every * count + PUBLISH_GRACE
+    }
+
     /// Publish `count` payloads numbered from `first`, `every` apart (or back to back if a
     /// publish takes longer). Returns (sequence, publish time) per publish and the failures.
     /// A server that answers publishes slowly does not stretch the phase: what is not published
     /// within the phase's time and a grace of [`PUBLISH_GRACE`] counts as failed.
     fn paced(&self, first: u32, count: u32, every: Duration) -> (Vec<(u32, u64)>, u64) {
         let start = Instant::now();
-        let budget = every * count + PUBLISH_GRACE;
+        let budget = Self::budget(every, count);
         let mut sent = Vec::new();
         let mut errors = 0;
         for k in 0..count {
@@ -673,7 +687,12 @@ impl Publisher {
             let body = self
                 .body
                 .replace("{payload}", &proto::payload(ts, seq, self.size));
-            let mut request = self.agent.post(&self.url);
+            // A publish still unanswered when the budget runs out counts as failed.
+            let left = budget.saturating_sub(start.elapsed());
+            let mut request = self
+                .agent
+                .post(&self.url)
+                .timeout(left.max(Duration::from_millis(1)));
             for (name, value) in &self.headers {
                 request = request.set(name, value);
             }
