@@ -300,7 +300,7 @@ class Bench:
                          "--publish-body", "{payload}"] + common)
             # 250/s: at 500/s, subscribing connections saturate both cores (pushpin-handler,
             # zurl, pushpin-proxy) and one connect in six fails with 502. At 19k subscribers
-            # Pushpin delivers nothing and its publish endpoint times out (seen in every
+            # Pushpin's publish endpoint times out and almost every publish fails (seen in every
             # attempt), so that cell is run once rather than spend a quarter of an hour failing.
             self.repeat(key, "pushpin", with_backend(pushpin), "fanout",
                         ["--url", f"ws://127.0.0.1:{PUSHPIN_PORT}/fanout", "--connect-rate", "250",
