@@ -75,6 +75,9 @@ pub struct ServerConfig {
     pub shutdown_timeout_ms: u64,
     /// Reverse proxies (e.g. nginx) whose X-Forwarded-For header gives the client's address.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Most WebSocket connections at once; upgrades beyond it get 503. Unset: the open-files
+    /// limit minus a reserve for the push API, backend callouts and the process itself.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +88,7 @@ impl Default for ServerConfig {
             workers: 0,
             shutdown_timeout_ms: 5_000,
             trusted_proxies: Vec::new(),
+            max_connections: None,
         }
     }
 }
@@ -114,8 +118,17 @@ impl Default for PushConfig {
 pub struct LimitsConfig {
     /// Largest message a client may send, in bytes, after fragments are joined (close 1009 above).
     pub max_message_size: usize,
-    /// Deliveries that may wait for one connection before it counts as stalled and is cut off.
+    /// Messages that may wait for one connection (not yet taken by its socket) before it
+    /// counts as stalled and is cut off.
     pub outbound_queue: usize,
+    /// Payload bytes that may wait for one connection before it counts as stalled (one message
+    /// larger than this still fits into an empty queue).
+    pub outbound_queue_bytes: usize,
+    /// Messages per second one client may send (each publish in a batch counts); more closes
+    /// it with 1008. The burst allowed is one second's worth.
+    pub max_messages_per_second: u32,
+    /// Bytes per second one client may send; more closes it with 1008.
+    pub max_bytes_per_second: u64,
     /// How often the server pings each connection.
     pub heartbeat_interval_ms: u64,
     /// How long a connection may stay silent (no frame, no pong) before it is closed.
@@ -128,7 +141,10 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_message_size: 1024 * 1024,
-            outbound_queue: 64,
+            outbound_queue: 1_024,
+            outbound_queue_bytes: 1024 * 1024,
+            max_messages_per_second: 1_000,
+            max_bytes_per_second: 16 * 1024 * 1024,
             heartbeat_interval_ms: 10_000,
             heartbeat_timeout_ms: 30_000,
             max_subscriptions: 1_024,
@@ -383,6 +399,33 @@ impl Config {
             return Err(invalid(
                 "limits.outbound_queue",
                 format!("{} is out of range 1..=1048576", limits.outbound_queue),
+            ));
+        }
+        if limits.outbound_queue_bytes == 0 {
+            return Err(invalid(
+                "limits.outbound_queue_bytes",
+                "must be greater than 0".into(),
+            ));
+        }
+        if limits.max_messages_per_second == 0 {
+            return Err(invalid(
+                "limits.max_messages_per_second",
+                "must be greater than 0".into(),
+            ));
+        }
+        if limits.max_bytes_per_second < limits.max_message_size as u64 {
+            return Err(invalid(
+                "limits.max_bytes_per_second",
+                format!(
+                    "{} is less than limits.max_message_size ({}): a message of the largest size could never be sent",
+                    limits.max_bytes_per_second, limits.max_message_size
+                ),
+            ));
+        }
+        if self.server.max_connections == Some(0) {
+            return Err(invalid(
+                "server.max_connections",
+                "must be greater than 0".into(),
             ));
         }
         if limits.max_subscriptions == 0 {

@@ -2,11 +2,13 @@
 //! subscriptions, and delivery. It is pure state: it never awaits and never does I/O, so one slow
 //! client or backend cannot stall routing for everyone else.
 //!
-//! Delivery policy: every hub -> session delivery is a `try_send` into the session's bounded
-//! mailbox (`limits.outbound_queue`). When that mailbox is full the client has stopped reading:
-//! the delivery is counted as dropped and reported to whoever sent it, the connection is cut off
-//! (removed from the registry and every channel) and told to close with 1008. Memory therefore
-//! stays bounded by `outbound_queue` deliveries per connection, and neighbours never wait.
+//! Delivery policy: a publication is encoded once per dialect, and the same bytes are queued
+//! for every recipient of that dialect. Before queueing, the hub reserves room in the
+//! recipient's [`Backlog`] (messages and bytes not yet written to its socket, bounded by
+//! `limits.outbound_queue` and `limits.outbound_queue_bytes`). When there is no room the client
+//! has stopped reading: the delivery is counted as dropped and reported to whoever sent it, the
+//! connection is cut off (removed from the registry and every channel) and told to close with
+//! 1008. Memory therefore stays bounded per connection, and neighbours never wait.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -18,18 +20,19 @@ use tokio::sync::oneshot;
 
 use crate::channel::{close_code, ChannelName, Close, Frame, Publication, PublicationKind};
 use crate::connection::ConnectionId;
+use crate::dialect::DialectKind;
+use crate::outbox::Backlog;
 
 /// How many messages may wait in the hub's own mailbox before senders wait (backpressure on
 /// the push API and on sessions asking for subscriptions).
 const HUB_MAILBOX_CAPACITY: usize = 65_536;
 
-/// Something for one session to send: a frame, a shared publication, or a close.
+/// Something for one session to send: a frame, or a close.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A frame to write as it is.
+    /// A frame to write as it is (a publication already encoded in the session's dialect);
+    /// its room in the session's [`Backlog`] is reserved.
     Frame(Frame),
-    /// A publication the session encodes in its dialect.
-    Publication(Arc<Publication>),
     /// Close the connection with this code and reason.
     Close(Close),
     /// A newer connection took this one's id: close with 4001 and send no disconnect notice.
@@ -57,6 +60,10 @@ pub struct Connect {
     pub serial: u64,
     /// On a duplicate id: replace the live connection (closed with 4001) instead of refusing.
     pub replace: bool,
+    /// The dialect its publications are encoded in.
+    pub dialect: DialectKind,
+    /// What it has queued and not yet written (shared with its session).
+    pub backlog: Arc<Backlog>,
 }
 
 /// Why the hub refused to register a connection.
@@ -281,12 +288,24 @@ pub struct Shutdown {
 /// One registered connection.
 struct Entry {
     recipient: Recipient<Deliver>,
+    dialect: DialectKind,
+    backlog: Arc<Backlog>,
     serial: u64,
     route: Arc<str>,
     remote: Option<Arc<str>>,
     since: SystemTime,
     channels: BTreeSet<ChannelName>,
     prefixes: BTreeSet<Arc<str>>,
+}
+
+/// Whether a frame was handed to a session.
+enum Queued {
+    /// Queued.
+    Yes,
+    /// The connection's backlog or mailbox is full.
+    Full,
+    /// The session is gone.
+    Gone,
 }
 
 /// The hub actor. Start it once, before the HTTP server, and clone its `Addr` into workers.
@@ -328,32 +347,54 @@ impl Hub {
         }
     }
 
-    /// Queue `outbound` for one connection; a full queue cuts the connection off.
-    fn deliver(&mut self, id: &ConnectionId, outbound: Outbound) -> Result<(), Undelivered> {
+    /// Queue a frame for one connection; a full backlog cuts the connection off.
+    fn deliver(&mut self, id: &ConnectionId, frame: Frame) -> Result<(), Undelivered> {
         let entry = self
             .connections
             .get(id)
             .ok_or(Undelivered::UnknownConnection)?;
-        match entry.recipient.try_send(Deliver(outbound)) {
-            Ok(()) => Ok(()),
-            Err(SendError::Full(_)) => {
+        match Self::queue(entry, frame) {
+            Queued::Yes => Ok(()),
+            Queued::Full => {
                 self.cut_off(id);
                 Err(Undelivered::QueueFull)
             }
-            Err(SendError::Closed(_)) => {
+            Queued::Gone => {
                 self.remove(id);
                 Err(Undelivered::UnknownConnection)
             }
         }
     }
 
-    /// Deliver one publication to many connections, then cut off those whose queue was full.
+    /// Reserve room in the connection's backlog, then hand the frame to its session.
+    fn queue(entry: &Entry, frame: Frame) -> Queued {
+        let size = match &frame {
+            Frame::Text(text) => text.len(),
+            Frame::Binary(bytes) => bytes.len(),
+        };
+        if !entry.backlog.try_reserve(size) {
+            return Queued::Full;
+        }
+        match entry.recipient.try_send(Deliver(Outbound::Frame(frame))) {
+            Ok(()) => Queued::Yes,
+            Err(SendError::Full(_)) => {
+                entry.backlog.release(1, size);
+                Queued::Full
+            }
+            Err(SendError::Closed(_)) => {
+                entry.backlog.release(1, size);
+                Queued::Gone
+            }
+        }
+    }
+
+    /// Deliver one publication to many connections, then cut off those whose backlog was full.
+    /// The publication is encoded once per dialect; every recipient shares those bytes.
     fn fan_out<'a>(
         &mut self,
         targets: impl Iterator<Item = &'a ConnectionId>,
         publication: Publication,
     ) -> Delivery {
-        let publication = Arc::new(publication);
         let mut delivery = Delivery::default();
         let mut stalled = Vec::new();
         let mut closed = Vec::new();
@@ -361,11 +402,10 @@ impl Hub {
             let Some(entry) = self.connections.get(id) else {
                 continue;
             };
-            let message = Deliver(Outbound::Publication(publication.clone()));
-            match entry.recipient.try_send(message) {
-                Ok(()) => delivery.reached += 1,
-                Err(SendError::Full(_)) => stalled.push(id.clone()),
-                Err(SendError::Closed(_)) => closed.push(id.clone()),
+            match Self::queue(entry, entry.dialect.encode(&publication)) {
+                Queued::Yes => delivery.reached += 1,
+                Queued::Full => stalled.push(id.clone()),
+                Queued::Gone => closed.push(id.clone()),
             }
         }
         delivery.dropped = stalled.len();
@@ -561,6 +601,8 @@ impl Handler<Connect> for Hub {
             msg.id,
             Entry {
                 recipient: msg.recipient,
+                dialect: msg.dialect,
+                backlog: msg.backlog,
                 serial: msg.serial,
                 route: msg.route,
                 remote: msg.remote,
@@ -618,7 +660,7 @@ impl Handler<SendTo> for Hub {
     type Result = Result<(), Undelivered>;
 
     fn handle(&mut self, msg: SendTo, _: &mut Context<Self>) -> Self::Result {
-        self.deliver(&msg.id, Outbound::Frame(msg.frame))
+        self.deliver(&msg.id, msg.frame)
     }
 }
 
@@ -626,7 +668,13 @@ impl Handler<CloseConnection> for Hub {
     type Result = Result<(), Undelivered>;
 
     fn handle(&mut self, msg: CloseConnection, _: &mut Context<Self>) -> Self::Result {
-        self.deliver(&msg.id, Outbound::Close(msg.close))
+        let entry = self
+            .connections
+            .get(&msg.id)
+            .ok_or(Undelivered::UnknownConnection)?;
+        // A close is one small message beyond the backlog: it must reach a stalled client too.
+        entry.recipient.do_send(Deliver(Outbound::Close(msg.close)));
+        Ok(())
     }
 }
 

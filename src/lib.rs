@@ -22,9 +22,13 @@ pub mod config;
 pub mod connection;
 pub mod dialect;
 pub mod hub;
+mod outbox;
 pub mod push;
 pub mod push_rpc;
+mod rate_limit;
 pub mod server;
 pub mod session;
+mod upgrade;
+mod wire;
 
 pub use server::{run, Listeners};

@@ -6,8 +6,14 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
+use std::rc::Rc;
+use std::time::Duration;
+
 use actix::{Actor, Addr};
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_http::HttpService;
+use actix_service::{fn_factory, fn_service, map_config};
+use actix_web::dev::{AppConfig, ResourceDef};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context as _;
 
 use crate::backend::admission::Admission;
@@ -18,7 +24,8 @@ use crate::channel::{close_code, Close};
 use crate::config::{BackendKind, Config};
 use crate::hub::{Hub, Shutdown, Stats};
 use crate::push::{self, PushSettings};
-use crate::session::{self, RouteContext};
+use crate::session::RouteContext;
+use crate::upgrade::{self, Upgrader};
 
 /// The sample page, embedded so the binary serves it from any working directory.
 const PAGE: &str = include_str!("../static/index.html");
@@ -83,6 +90,45 @@ impl Listeners {
     }
 }
 
+/// A plain request on a WebSocket route (no `Upgrade: websocket`): the upgrade hook sees only
+/// upgrade requests, so the App says what is missing.
+async fn not_an_upgrade(req: HttpRequest) -> HttpResponse {
+    HttpResponse::BadRequest().json(serde_json::json!({
+        "error": "bad_request",
+        "message": format!("{} takes WebSocket upgrades only: no `Upgrade: websocket` header", req.path()),
+    }))
+}
+
+/// Keep-alive of idle HTTP connections, the head-read deadline, as actix-web's defaults.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reserve of descriptors that `server.max_connections` leaves to the push API, backend
+/// callouts, the listeners and the process itself, when it defaults from the open-files limit.
+fn descriptor_reserve(limit: u64) -> u64 {
+    (100 + limit / 40).min(limit / 2)
+}
+
+/// WebSocket connections allowed at once: `server.max_connections`, or the open-files limit
+/// (raised to its hard limit first) minus [`descriptor_reserve`].
+fn max_connections(config: &Config) -> usize {
+    if let Some(max) = config.server.max_connections {
+        return max;
+    }
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            log::warn!("cannot read the open-files limit ({e}); assuming 1024");
+            1024
+        }
+    };
+    let max = limit - descriptor_reserve(limit);
+    log::info!(
+        "open-files limit {limit}: at most {max} WebSocket connections (server.max_connections)"
+    );
+    usize::try_from(max).unwrap_or(usize::MAX)
+}
+
 async fn page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
@@ -138,43 +184,67 @@ pub async fn run(
     let relay_format = (config.backend.kind == BackendKind::Http).then_some(config.backend.format);
     let shutdown_timeout = config.shutdown_timeout().as_secs().max(1);
 
+    let max_connections = max_connections(&config);
     let ws_server = {
         let config = config.clone();
         let hub_data = hub_data.clone();
         let push_settings = push_settings.clone();
         let notices = notices.clone();
-        HttpServer::new(move || {
-            let backend = web::Data::new(Backend::for_worker(&config.backend, &notices));
-            let authorizer = web::Data::new(Authorizer::for_worker(&config.authorization));
-            let hooked = config.routes.iter().any(|r| r.accept_url.is_some());
-            let admission = web::Data::new(hooked.then(Admission::start_for_worker));
-            let mut app = App::new()
-                .app_data(backend)
-                .app_data(authorizer)
-                .app_data(admission)
-                .app_data(hub_data.clone());
-            for route in &routes {
-                app = app.service(
-                    web::resource(&*route.path)
-                        .app_data(route.clone())
-                        .route(web::get().to(session::upgrade)),
-                );
-            }
-            if config.server.page {
-                app = app.route("/", web::get().to(page));
-            }
-            if shared {
-                app = app
-                    .app_data(push_settings.clone())
-                    .configure(|cfg| push::configure(cfg, relay_format));
-            }
-            app.default_service(web::to(push::not_found))
-        })
-        .workers(workers)
-        .disable_signals()
-        .shutdown_timeout(shutdown_timeout)
-        .listen(listeners.websocket)?
-        .run()
+        actix_server::Server::build()
+            .workers(workers)
+            .disable_signals()
+            .shutdown_timeout(shutdown_timeout)
+            .listen("websocket", listeners.websocket, move || {
+                let backend = Backend::for_worker(&config.backend, &notices);
+                let authorizer = Authorizer::for_worker(&config.authorization);
+                let hooked = config.routes.iter().any(|r| r.accept_url.is_some());
+                let admission = hooked.then(Admission::start_for_worker);
+                let upgrader = Rc::new(Upgrader {
+                    routes: routes
+                        .iter()
+                        .map(|route| (ResourceDef::new(&*route.path), route.clone().into_inner()))
+                        .collect(),
+                    backend: backend.clone(),
+                    authorizer: authorizer.clone(),
+                    admission: admission.clone(),
+                    max_connections,
+                });
+                let mut app = App::new()
+                    .app_data(web::Data::new(backend))
+                    .app_data(web::Data::new(authorizer))
+                    .app_data(web::Data::new(admission))
+                    .app_data(hub_data.clone());
+                for route in &routes {
+                    app = app
+                        .service(web::resource(&*route.path).route(web::get().to(not_an_upgrade)));
+                }
+                if config.server.page {
+                    app = app.route("/", web::get().to(page));
+                }
+                if shared {
+                    app = app
+                        .app_data(push_settings.clone())
+                        .configure(|cfg| push::configure(cfg, relay_format));
+                }
+                let app = app.default_service(web::to(push::not_found));
+                HttpService::build()
+                    .keep_alive(KEEP_ALIVE)
+                    .client_request_timeout(REQUEST_HEAD_TIMEOUT)
+                    // Close at once once a response with `Connection: close` is written,
+                    // instead of lingering a second (a browser waits for that FIN).
+                    .client_disconnect_timeout(Duration::ZERO)
+                    .upgrade(fn_factory(move || {
+                        let upgrader = upgrader.clone();
+                        async move {
+                            Ok::<_, ()>(fn_service(move |request| {
+                                upgrade::serve(upgrader.clone(), request)
+                            }))
+                        }
+                    }))
+                    .finish(map_config(app, |_| AppConfig::default()))
+                    .tcp()
+            })?
+            .run()
     };
     let ws_handle = ws_server.handle();
     let ws_task = actix_web::rt::spawn(ws_server);
@@ -191,6 +261,7 @@ pub async fn run(
             })
             .workers(1)
             .disable_signals()
+            .client_disconnect_timeout(Duration::ZERO)
             .listen(listener)?
             .run();
             let handle = server.handle();

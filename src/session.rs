@@ -1,23 +1,35 @@
-//! The session actor, one per WebSocket: the heartbeat, the size and UTF-8 limits, fragment
-//! reassembly, and frames in and out. This is the only module that knows the WebSocket library
-//! (actix-web-actors); the rest of the hub sees [`Frame`]s and [`Close`]s.
+//! The session actor, one per WebSocket: the heartbeat, the size, UTF-8 and rate limits,
+//! fragment reassembly, and frames in and out on the raw socket. The upgrade hands it the
+//! TCP stream once the handshake is answered; from then on the socket belongs to this actor
+//! alone (no HTTP dispatcher, no buffers kept for the socket's whole life).
+//!
+//! Reading: bytes are read only when the socket is readable, into a buffer that exists only
+//! while a frame is incomplete; a frame header announcing more than `limits.max_message_size`
+//! is refused (1009) before any of its payload is read. Writing: frames are written at once
+//! with vectored writes of shared payloads; only what the kernel does not take waits in the
+//! [`Outbox`], and what waits is bounded by the connection's [`Backlog`]. While the client
+//! lets the backlog of its own replies (echoes, answers) grow past the budget, the session
+//! stops reading from it. A client that does not read at all is closed within the heartbeat
+//! timeout, and every close ends the TCP connection as soon as the close frames are exchanged.
 
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_http::ws::Item;
-use actix_web::{web, HttpRequest, HttpResponse};
-use actix_web_actors::ws;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
+use futures_util::Stream;
+use tokio::net::TcpStream;
 
-use crate::backend::admission::{Admission, Admit};
 use crate::backend::authorizer::{Authorize, Authorizer};
-use crate::backend::http::{BackendReply, Check, Closed, Open, Relay};
+use crate::backend::http::{BackendReply, Closed, Open, Relay};
 use crate::backend::Backend;
 use crate::channel::{close_code, Close, Frame};
 use crate::config::LimitsConfig;
@@ -26,6 +38,9 @@ use crate::dialect::{Action, Dialect, DialectKind, DialectOptions, ReplyPlan};
 use crate::hub::{
     Apply, ChannelOp, Connect, ConnectRefused, Deliver, Disconnect, Hub, OpOutcome, Outbound,
 };
+use crate::outbox::{Backlog, Outbox};
+use crate::rate_limit::RateLimit;
+use crate::wire::{self, DataKind, Header, Incoming, Opcode};
 
 /// What every session of one route shares.
 pub struct RouteContext {
@@ -39,8 +54,9 @@ pub struct RouteContext {
     pub xrf_cookie: Option<String>,
     /// The connect hook that admits handshakes and may give the first frame.
     pub accept_url: Option<String>,
-    /// Sessions alive in the whole process (shutdown waits for zero).
-    pub live: Arc<std::sync::atomic::AtomicUsize>,
+    /// Sessions alive in the whole process (shutdown waits for zero; the connection cap
+    /// counts them).
+    pub live: Arc<AtomicUsize>,
     /// Per-connection limits and the heartbeat.
     pub limits: LimitsConfig,
     /// The hub every session registers with.
@@ -57,6 +73,39 @@ pub struct RouteContext {
 /// Source of session serials (unique per process).
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 
+/// Bytes read from the socket per read call (the buffer is given back once no frame is
+/// incomplete, so an idle connection holds none).
+const READ_CHUNK: usize = 4096;
+
+/// Longest wait for the client's answer to the server's close frame before the TCP
+/// connection is closed anyway (never longer than the heartbeat timeout). Browsers answer at
+/// once; this only bounds clients that do not, and clients that have stopped reading.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Everything the upgrade decided about a new connection.
+pub(crate) struct SessionSetup {
+    /// The connection's id.
+    pub id: ConnectionId,
+    /// The route it connected on.
+    pub route: Arc<RouteContext>,
+    /// The client's address.
+    pub remote: Option<Arc<str>>,
+    /// The route's dialect settings for this connection (the xrf cookie filled in).
+    pub options: DialectOptions,
+    /// This worker's backend.
+    pub backend: Backend,
+    /// This worker's authorization hook, when one is configured.
+    pub authorizer: Option<Addr<Authorizer>>,
+    /// Connect-time headers and address, for the backend and the authorization hook.
+    pub connect_context: Option<serde_json::Value>,
+    /// The connect hook's answer, sent as the first frame.
+    pub first_frame: Option<Frame>,
+    /// The socket, after the 101 answer.
+    pub io: TcpStream,
+    /// Bytes the client sent after its handshake that were already read.
+    pub read_buf: BytesMut,
+}
+
 /// A message being received in fragments.
 struct Fragments {
     /// Text (validated as UTF-8) or binary.
@@ -67,6 +116,91 @@ struct Fragments {
     checked: usize,
 }
 
+/// Lets the session stop and resume reading from its socket.
+#[derive(Default)]
+struct ReadGate {
+    paused: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl ReadGate {
+    fn resume(&self) {
+        self.paused.set(false);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Why reading ended early.
+enum ReadError {
+    /// The client broke the protocol or a limit: close with this.
+    Refused(Close),
+    /// The socket failed.
+    Io(std::io::Error),
+}
+
+/// The socket's frames, read when the socket is readable.
+struct FrameReader {
+    io: Rc<TcpStream>,
+    buf: BytesMut,
+    max_payload: usize,
+    gate: Rc<ReadGate>,
+    done: bool,
+}
+
+impl Stream for FrameReader {
+    type Item = Result<Incoming, ReadError>;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if this.gate.paused.get() {
+                this.gate.waker.set(Some(cx.waker().clone()));
+                return Poll::Pending;
+            }
+            match wire::decode(&mut this.buf, this.max_payload) {
+                Ok(Some(frame)) => {
+                    if this.buf.is_empty() && this.buf.capacity() > 0 {
+                        this.buf = BytesMut::new();
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Ok(None) => {}
+                Err(close) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(ReadError::Refused(close))));
+                }
+            }
+            if let Err(e) = futures_util::ready!(this.io.poll_read_ready(cx)) {
+                this.done = true;
+                return Poll::Ready(Some(Err(ReadError::Io(e))));
+            }
+            if this.buf.capacity() - this.buf.len() < READ_CHUNK {
+                this.buf.reserve(READ_CHUNK);
+            }
+            match this.io.try_read_buf(&mut this.buf) {
+                Ok(0) => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(ReadError::Io(e))));
+                }
+            }
+        }
+    }
+}
+
 /// One WebSocket connection.
 pub struct Session {
     id: ConnectionId,
@@ -74,14 +208,37 @@ pub struct Session {
     remote: Option<Arc<str>>,
     dialect: Dialect,
     backend: Backend,
+    /// The socket (shared with the reader stream).
+    io: Rc<TcpStream>,
+    /// Pauses reading while the client's own replies are over the backlog budget.
+    gate: Rc<ReadGate>,
+    /// Frames the kernel has not taken yet.
+    outbox: Outbox,
+    /// Messages and bytes queued for this connection (shared with the hub).
+    backlog: Arc<Backlog>,
+    /// A wait for the socket to become writable is in flight.
+    waiting_writable: bool,
+    /// When the outbox last made progress (bytes written, or it was empty).
+    last_write: Instant,
     /// When the client last showed it is alive (any frame, ping or pong).
     last_seen: Instant,
+    /// When the heartbeat last ran (a long gap means this process was not scheduled).
+    last_tick: Instant,
+    /// Messages and bytes per second this client may send.
+    rate: RateLimit,
     /// A fragmented message being joined.
     fragments: Option<Fragments>,
     /// The close code of the close handshake, once one started (logged on disconnect).
     close_code: Option<u16>,
     /// The close reason (ws2api's DELETE body); None means the TCP connection dropped.
     close_reason: Option<String>,
+    /// The server's close frame is queued.
+    close_sent: bool,
+    /// The client's close frame arrived.
+    close_received: bool,
+    /// The connection is being failed (RFC 6455 §7.1.7): TCP ends once the close frame is
+    /// written, without waiting for the client's answer.
+    failing: bool,
     /// Unique per session (ids repeat across sessions on ws2api routes).
     serial: u64,
     /// Frames handed to the backend and not yet answered.
@@ -101,172 +258,66 @@ pub struct Session {
     replaced: bool,
 }
 
-/// Upgrade an HTTP request on a route to a WebSocket session.
-pub async fn upgrade(
-    req: HttpRequest,
-    stream: web::Payload,
-    route: web::Data<RouteContext>,
-    backend: web::Data<Backend>,
-    authorizer: web::Data<Option<Addr<Authorizer>>>,
-    admission: web::Data<Option<Addr<Admission>>>,
-) -> Result<HttpResponse, actix_web::Error> {
-    let id = if route.client_ids {
-        let text = req.match_info().get("id").unwrap_or_default();
-        match ConnectionId::parse(text) {
-            Ok(id) => id,
-            Err(e) => {
-                return Ok(HttpResponse::BadRequest()
-                    .json(serde_json::json!({"error": "bad_request", "message": e.to_string()})))
-            }
-        }
-    } else {
-        ConnectionId::generate()
+/// Start the session of an upgraded connection on the current worker thread.
+pub(crate) fn start(setup: SessionSetup) {
+    let limits = &setup.route.limits;
+    let io = Rc::new(setup.io);
+    let gate = Rc::new(ReadGate::default());
+    let reader = FrameReader {
+        io: io.clone(),
+        buf: setup.read_buf,
+        max_payload: limits.max_message_size,
+        gate: gate.clone(),
+        done: false,
     };
-    let remote = client_address(&req, &route.trusted_proxies);
-    let relays = matches!(backend.get_ref(), Backend::Http { .. });
-    let authorizer = authorizer.get_ref().clone();
-    // Only the http backend and the authorization hook tell the application about the
-    // upgrade request's headers.
-    let hooked = route.accept_url.is_some();
-    let headers: Vec<(String, String)> = if relays || authorizer.is_some() || hooked {
-        req.headers()
-            .iter()
-            .filter_map(|(name, value)| {
-                Some((
-                    name.as_str().to_ascii_lowercase(),
-                    value.to_str().ok()?.to_owned(),
-                ))
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    if let Backend::Http {
-        addr,
-        checks_connect: true,
-        ..
-    } = backend.get_ref()
-    {
-        // ws2api: the application decides before the upgrade, seeing the client's headers.
-        let check = Check {
-            id: id.clone(),
-            headers: headers.clone(),
-            remote: remote.as_deref().map(ip_of),
-        };
-        match addr.send(check).await {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => return Ok(HttpResponse::Forbidden().body("forbidden")),
-            Ok(Err(e)) => {
-                log::warn!("id={id} connect check failed: {e}");
-                return Ok(HttpResponse::BadGateway().body("bad gateway"));
-            }
-            Err(_) => return Ok(HttpResponse::BadGateway().body("bad gateway")),
-        }
-    }
-    let context = (relays || authorizer.is_some() || hooked).then(|| {
-        let headers: serde_json::Map<String, serde_json::Value> =
-            headers.into_iter().map(|(k, v)| (k, v.into())).collect();
-        serde_json::json!({"headers": headers, "remote": remote.as_deref()})
-    });
-    let mut first_frame = None;
-    if let (Some(url), Some(admission), Some(context)) =
-        (&route.accept_url, admission.get_ref(), &context)
-    {
-        let mut handshake = context.clone();
-        handshake["path"] = req.path().into();
-        let admit = Admit {
-            url: url.clone(),
-            handshake,
-        };
-        match admission.send(admit).await {
-            Ok(Ok(frame)) => first_frame = frame,
-            Ok(Err(status)) => {
-                let status = actix_web::http::StatusCode::from_u16(status)
-                    .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY);
-                return Ok(HttpResponse::build(status).finish());
-            }
-            Err(_) => return Ok(HttpResponse::BadGateway().finish()),
-        }
-    }
-    // The connect hook alone needs the context only before the upgrade.
-    let connect_context = context.filter(|_| relays || authorizer.is_some());
-    let mut options = route.options.clone();
-    if let Some(cookie) = &route.xrf_cookie {
-        options.xrf_token = Some(
-            req.cookie(cookie)
-                .map(|c| c.value().to_owned())
-                .unwrap_or_default(),
-        );
-    }
+    let now = Instant::now();
     let session = Session {
-        dialect: Dialect::new(route.dialect, &id, options),
-        id,
-        route: route.into_inner(),
-        remote,
-        backend: backend.get_ref().clone(),
-        last_seen: Instant::now(),
+        dialect: Dialect::new(setup.route.dialect, &setup.id, setup.options),
+        id: setup.id,
+        remote: setup.remote,
+        backend: setup.backend,
+        io,
+        gate,
+        outbox: Outbox::default(),
+        backlog: Arc::new(Backlog::new(
+            limits.outbound_queue,
+            limits.outbound_queue_bytes,
+        )),
+        waiting_writable: false,
+        last_write: now,
+        last_seen: now,
+        last_tick: now,
+        rate: RateLimit::new(limits.max_messages_per_second, limits.max_bytes_per_second),
         fragments: None,
         close_code: None,
         close_reason: None,
+        close_sent: false,
+        close_received: false,
+        failing: false,
         serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
         pending: 0,
-        authorizer,
-        connect_context,
+        authorizer: setup.authorizer,
+        connect_context: setup.connect_context,
         hub_actions: VecDeque::new(),
         authorizing: false,
-        first_frame,
+        first_frame: setup.first_frame,
         replaced: false,
+        route: setup.route,
     };
-    let max = session.route.limits.max_message_size;
-    ws::WsResponseBuilder::new(session, &req, stream)
-        .frame_size(max)
-        .start()
-}
-
-/// An X-Forwarded-For entry as an IP: `1.2.3.4`, `1.2.3.4:5`, `::1` or `[::1]:5`.
-fn forwarded_ip(entry: &str) -> Option<IpAddr> {
-    entry
-        .parse::<IpAddr>()
-        .ok()
-        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
-}
-
-/// The IP part of an `ip:port` or bare `ip` address text.
-fn ip_of(address: &str) -> String {
-    forwarded_ip(address).map_or_else(|| address.to_owned(), |ip| ip.to_string())
-}
-
-/// The client's address: the peer, or, when the peer is a trusted proxy, the last
-/// X-Forwarded-For entry that is not itself a trusted proxy.
-fn client_address(req: &HttpRequest, trusted: &[IpAddr]) -> Option<Arc<str>> {
-    let peer = req.peer_addr()?;
-    if trusted.contains(&peer.ip()) {
-        let entries: Vec<&str> = req
-            .headers()
-            .get_all("x-forwarded-for")
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .collect();
-        // From the right: skip our own proxies; the first other entry is the client. One that
-        // does not parse ends the walk (entries left of it cannot be trusted either).
-        for entry in entries.iter().rev() {
-            match forwarded_ip(entry) {
-                Some(ip) if trusted.contains(&ip) => continue,
-                Some(ip) => return Some(Arc::from(ip.to_string())),
-                None => break,
-            }
-        }
-    }
-    Some(Arc::from(peer.to_string()))
+    Session::create(move |ctx| {
+        ctx.add_stream(reader);
+        session
+    });
 }
 
 impl Actor for Session {
-    type Context = ws::WebsocketContext<Self>;
+    type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.route.live.fetch_add(1, Ordering::SeqCst);
-        ctx.set_mailbox_capacity(self.route.limits.outbound_queue);
+        // The backlog bounds deliveries; the mailbox only needs room for the few messages
+        // beyond it (closes, replacement).
+        ctx.set_mailbox_capacity(self.route.limits.outbound_queue + 16);
         log::info!(
             "connect id={} route={} remote={}",
             self.id,
@@ -280,6 +331,8 @@ impl Actor for Session {
             recipient: ctx.address().recipient(),
             serial: self.serial,
             replace: self.route.client_ids,
+            dialect: self.route.dialect,
+            backlog: self.backlog.clone(),
         };
         self.route
             .hub
@@ -315,12 +368,15 @@ impl Actor for Session {
             });
         }
         if let Some(frame) = self.first_frame.take() {
-            Self::write(ctx, frame);
+            self.reply(ctx, frame);
         }
-        self.heartbeat(ctx);
+        let interval = self.route.limits.heartbeat_interval();
+        ctx.run_interval(interval, Self::heartbeat);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        let (messages, bytes) = self.outbox.clear();
+        self.backlog.release(messages, bytes);
         self.route.hub.do_send(Disconnect {
             id: self.id.clone(),
             serial: self.serial,
@@ -349,49 +405,206 @@ impl Actor for Session {
     }
 }
 
+/// A frame's opcode and payload.
+fn frame_parts(frame: Frame) -> (Opcode, Bytes) {
+    match frame {
+        Frame::Text(text) => (Opcode::Text, text.into_bytes()),
+        Frame::Binary(bytes) => (Opcode::Binary, bytes),
+    }
+}
+
 impl Session {
-    /// Ping every interval; close a connection silent for longer than the timeout.
-    fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
+    /// Ping every interval; close a connection silent for longer than the timeout, and drop
+    /// one that has not taken a byte for that long.
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         let limits = &self.route.limits;
-        let timeout = limits.heartbeat_timeout();
-        ctx.run_interval(limits.heartbeat_interval(), move |act, ctx| {
-            if act.last_seen.elapsed() > timeout {
-                log::info!("id={} heartbeat timeout after {:?}", act.id, timeout);
-                act.close(ctx, Close::new(close_code::GOING_AWAY, "heartbeat timeout"));
-            } else {
-                ctx.ping(b"");
-            }
-        });
+        let (interval, timeout) = (limits.heartbeat_interval(), limits.heartbeat_timeout());
+        let now = Instant::now();
+        let gap = now.duration_since(self.last_tick);
+        self.last_tick = now;
+        if gap > interval * 2 {
+            // This process was not scheduled (stopped, a paused VM): the silence was ours, not
+            // the client's. Ask again and give it a whole timeout to answer.
+            log::debug!("id={} heartbeat resumed after a {gap:?} gap", self.id);
+            self.last_seen = now;
+            self.last_write = now;
+            self.ping(ctx);
+            return;
+        }
+        if self.close_sent {
+            return;
+        }
+        if !self.outbox.is_empty() && now.duration_since(self.last_write) > timeout {
+            log::info!(
+                "id={} not reading: nothing written for {timeout:?}; closing the socket",
+                self.id
+            );
+            self.close_code.get_or_insert(close_code::POLICY_VIOLATION);
+            self.close_reason
+                .get_or_insert_with(|| "client is not reading".into());
+            return self.abort(ctx);
+        }
+        if now.duration_since(self.last_seen) > timeout {
+            log::info!("id={} heartbeat timeout after {:?}", self.id, timeout);
+            return self.close(ctx, Close::new(close_code::GOING_AWAY, "heartbeat timeout"));
+        }
+        self.ping(ctx);
     }
 
-    /// Send a close frame and stop.
-    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, close: Close) {
-        if self.close_code.is_none() {
-            self.close_code = Some(close.code);
-            self.close_reason = Some(close.reason.clone());
+    fn ping(&mut self, ctx: &mut Context<Self>) {
+        self.send(ctx, Opcode::Ping, Bytes::new(), None);
+    }
+
+    /// Queue a frame and write what the socket takes. `counted` is its size when its room in
+    /// the backlog is already taken.
+    fn send(
+        &mut self,
+        ctx: &mut Context<Self>,
+        opcode: Opcode,
+        payload: Bytes,
+        counted: Option<usize>,
+    ) {
+        if self.close_sent {
+            // Nothing follows the close frame.
+            if let Some(size) = counted {
+                self.backlog.release(1, size);
+            }
+            return;
         }
-        ctx.close(Some(ws::CloseReason {
-            code: ws::CloseCode::from(close.code),
-            description: (!close.reason.is_empty()).then_some(close.reason),
-        }));
+        self.outbox
+            .push(Header::new(opcode, payload.len()), payload, counted);
+        self.flush(ctx);
+    }
+
+    /// Send a frame the session makes itself (an answer, an echo). It always counts in the
+    /// backlog; while the backlog is over budget, the session stops reading from this client.
+    fn reply(&mut self, ctx: &mut Context<Self>, frame: Frame) {
+        let (opcode, payload) = frame_parts(frame);
+        let size = payload.len();
+        self.backlog.add(size);
+        self.send(ctx, opcode, payload, Some(size));
+        if self.backlog.over_budget() && !self.gate.paused.get() {
+            log::debug!("id={} backlog over budget: reading paused", self.id);
+            self.gate.paused.set(true);
+        }
+    }
+
+    /// Write queued frames until the socket would block; then wait until it is writable.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.waiting_writable {
+            return;
+        }
+        let io = self.io.clone();
+        match self.outbox.flush(|slices| io.try_write_vectored(slices)) {
+            Ok(done) => {
+                self.backlog
+                    .release(done.released_messages, done.released_bytes);
+                if done.written > 0 || !done.blocked {
+                    self.last_write = Instant::now();
+                }
+                if done.blocked {
+                    self.waiting_writable = true;
+                    let io = self.io.clone();
+                    async move { io.writable().await }
+                        .into_actor(self)
+                        .map(|ready, act, ctx| {
+                            act.waiting_writable = false;
+                            match ready {
+                                Ok(()) => act.flush(ctx),
+                                Err(_) => act.abort(ctx),
+                            }
+                        })
+                        .spawn(ctx);
+                } else if self.close_sent && (self.close_received || self.failing) {
+                    self.finish(ctx);
+                    return;
+                }
+                if self.gate.paused.get() && self.backlog.below_half() {
+                    self.gate.resume();
+                }
+            }
+            Err(e) => {
+                log::debug!("id={} write failed: {e}", self.id);
+                self.abort(ctx);
+            }
+        }
+    }
+
+    /// The close handshake is complete: end the TCP connection now (RFC 6455 §7.1.1).
+    fn finish(&mut self, ctx: &mut Context<Self>) {
+        let _ = socket2::SockRef::from(&*self.io).shutdown(std::net::Shutdown::Write);
         ctx.stop();
     }
 
-    fn write(ctx: &mut ws::WebsocketContext<Self>, frame: Frame) {
-        match frame {
-            Frame::Text(text) => ctx.text(text),
-            Frame::Binary(bytes) => ctx.binary(bytes),
+    /// Drop the connection without waiting for anything (reset, kernel buffers freed).
+    fn abort(&mut self, ctx: &mut Context<Self>) {
+        let _ = socket2::SockRef::from(&*self.io).set_linger(Some(Duration::ZERO));
+        ctx.stop();
+    }
+
+    /// Send a close frame; the TCP connection ends once the client answers it (or the close
+    /// handshake times out).
+    fn close(&mut self, ctx: &mut Context<Self>, close: Close) {
+        self.close_with(ctx, Some(close));
+    }
+
+    fn close_with(&mut self, ctx: &mut Context<Self>, close: Option<Close>) {
+        if self.close_sent {
+            return;
         }
+        let payload = close
+            .as_ref()
+            .map_or_else(Bytes::new, wire::close_frame_payload);
+        if self.close_code.is_none() {
+            self.close_code = Some(close.as_ref().map_or(close_code::NO_STATUS, |c| c.code));
+            self.close_reason = Some(close.map(|c| c.reason).unwrap_or_default());
+        }
+        self.fragments = None;
+        self.outbox
+            .push(Header::new(Opcode::Close, payload.len()), payload, None);
+        self.close_sent = true;
+        // Whatever the client does, the socket is closed by then.
+        let wait = CLOSE_HANDSHAKE_TIMEOUT.min(self.route.limits.heartbeat_timeout());
+        ctx.run_later(wait, |act, ctx| {
+            if act.outbox.is_empty() {
+                log::debug!(
+                    "id={} no answer to the close frame; closing the socket",
+                    act.id
+                );
+                act.finish(ctx);
+            } else {
+                log::info!(
+                    "id={} not reading: the close frame was never taken; resetting the socket",
+                    act.id
+                );
+                act.abort(ctx);
+            }
+        });
+        self.flush(ctx);
+    }
+
+    /// Fail the connection (RFC 6455 §7.1.7) after a protocol error or a broken limit: send
+    /// the close frame and end the TCP connection once it is written.
+    fn fail(&mut self, ctx: &mut Context<Self>, close: Close) {
+        self.failing = true;
+        self.close(ctx, close);
     }
 
     /// A whole message arrived: let the dialect decide what it means.
-    fn on_frame(&mut self, ctx: &mut ws::WebsocketContext<Self>, frame: Frame) {
+    fn on_message(&mut self, ctx: &mut Context<Self>, frame: Frame) {
+        let size = match &frame {
+            Frame::Text(text) => text.len(),
+            Frame::Binary(bytes) => bytes.len(),
+        };
+        if !self.rate.allow(1, size) {
+            return self.over_rate(ctx);
+        }
         match self.dialect.decode(frame) {
             Action::Relay(frame) => match &self.backend {
-                Backend::Loopback => Self::write(ctx, frame),
+                Backend::Loopback => self.reply(ctx, frame),
                 Backend::Http { addr, .. } => {
                     if self.pending >= self.route.max_pending {
-                        return self.close(
+                        return self.fail(
                             ctx,
                             Close::new(
                                 close_code::POLICY_VIOLATION,
@@ -407,10 +620,18 @@ impl Session {
                 }
             },
             Action::Hub { ops, reply } => {
+                // A request that publishes several times counts once per publish.
+                let publishes = ops
+                    .iter()
+                    .filter(|op| matches!(op, ChannelOp::Publish { .. }))
+                    .count();
+                if publishes > 1 && !self.rate.allow(publishes as u32 - 1, 0) {
+                    return self.over_rate(ctx);
+                }
                 // Requests waiting behind an authorization question are bounded like frames
                 // waiting for the backend.
                 if self.hub_actions.len() >= self.route.max_pending {
-                    return self.close(
+                    return self.fail(
                         ctx,
                         Close::new(
                             close_code::POLICY_VIOLATION,
@@ -421,15 +642,105 @@ impl Session {
                 self.hub_actions.push_back((ops, reply));
                 self.next_hub_action(ctx);
             }
-            Action::Reply(frame) => Self::write(ctx, frame),
+            Action::Reply(frame) => self.reply(ctx, frame),
             Action::Close(close) => self.close(ctx, close),
             Action::Ignore => {}
         }
     }
 
+    fn over_rate(&mut self, ctx: &mut Context<Self>) {
+        let limits = &self.route.limits;
+        let reason = format!(
+            "rate limit: more than {} messages or {} bytes per second",
+            limits.max_messages_per_second, limits.max_bytes_per_second
+        );
+        log::info!("id={} {reason}", self.id);
+        self.fail(ctx, Close::new(close_code::POLICY_VIOLATION, reason));
+    }
+
+    /// A data frame arrived: pass a whole message on, or join fragments, enforcing the size
+    /// limit and UTF-8 as they come.
+    fn on_data(&mut self, ctx: &mut Context<Self>, kind: DataKind, fin: bool, data: Bytes) {
+        let first = match kind {
+            DataKind::Text => Some(true),
+            DataKind::Binary => Some(false),
+            DataKind::Continuation => None,
+        };
+        if fin && first.is_some() && self.fragments.is_none() {
+            let frame = if first == Some(true) {
+                match ByteString::try_from(data) {
+                    Ok(text) => Frame::Text(text),
+                    Err(_) => {
+                        return self.fail(
+                            ctx,
+                            Close::new(close_code::INVALID_PAYLOAD, "text is not valid UTF-8"),
+                        )
+                    }
+                }
+            } else {
+                Frame::Binary(data)
+            };
+            return self.on_message(ctx, frame);
+        }
+        let fragments = match (first, self.fragments.as_mut()) {
+            (Some(text), None) => self.fragments.insert(Fragments {
+                text,
+                buf: BytesMut::new(),
+                checked: 0,
+            }),
+            (None, Some(fragments)) => fragments,
+            (Some(_), Some(_)) => {
+                return self.fail(
+                    ctx,
+                    Close::new(
+                        close_code::PROTOCOL_ERROR,
+                        "new message before the fragmented one ended",
+                    ),
+                )
+            }
+            (None, None) => {
+                return self.fail(
+                    ctx,
+                    Close::new(close_code::PROTOCOL_ERROR, "unexpected continuation frame"),
+                )
+            }
+        };
+        if fragments.buf.len() + data.len() > self.route.limits.max_message_size {
+            return self.fail(
+                ctx,
+                Close::new(close_code::MESSAGE_TOO_BIG, "message too big"),
+            );
+        }
+        fragments.buf.extend_from_slice(&data);
+        if fragments.text && !utf8_prefix_ok(fragments, fin) {
+            return self.fail(
+                ctx,
+                Close::new(close_code::INVALID_PAYLOAD, "text is not valid UTF-8"),
+            );
+        }
+        if fin {
+            let fragments = self.fragments.take().expect("fragments in progress");
+            let bytes = fragments.buf.freeze();
+            let frame = if fragments.text {
+                match ByteString::try_from(bytes) {
+                    Ok(text) => Frame::Text(text),
+                    Err(_) => {
+                        return self.fail(
+                            ctx,
+                            Close::new(close_code::INVALID_PAYLOAD, "text is not valid UTF-8"),
+                        )
+                    }
+                }
+            } else {
+                Frame::Binary(bytes)
+            };
+            self.on_message(ctx, frame);
+        }
+    }
+
     /// Run queued hub actions in order. One that needs the authorization hook waits for its
     /// answer, and the actions behind it wait too, so a client's requests keep their order.
-    fn next_hub_action(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn next_hub_action(&mut self, ctx: &mut Context<Self>) {
         while !self.authorizing {
             let Some((ops, reply)) = self.hub_actions.pop_front() else {
                 return;
@@ -463,7 +774,7 @@ impl Session {
     /// the dialect's rendering of the outcomes.
     fn apply(
         &mut self,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut Context<Self>,
         ops: Vec<ChannelOp>,
         reply: ReplyPlan,
         allowed: Option<HashSet<String>>,
@@ -522,7 +833,7 @@ impl Session {
         };
         if kept.is_empty() {
             for frame in reply.render(merge(Vec::new())) {
-                Self::write(ctx, frame);
+                self.reply(ctx, frame);
             }
             return;
         }
@@ -537,7 +848,7 @@ impl Session {
             .map(move |result, act, ctx| match result {
                 Ok(outcomes) => {
                     for frame in reply.render(merge(outcomes)) {
-                        Self::write(ctx, frame);
+                        act.reply(ctx, frame);
                     }
                 }
                 Err(_) => act.close(
@@ -546,61 +857,6 @@ impl Session {
                 ),
             })
             .spawn(ctx);
-    }
-
-    /// A fragment arrived: join it, enforcing the size limit and UTF-8 as it goes.
-    fn on_fragment(&mut self, ctx: &mut ws::WebsocketContext<Self>, item: Item) {
-        let (first, data, last) = match item {
-            Item::FirstText(data) => (Some(true), data, false),
-            Item::FirstBinary(data) => (Some(false), data, false),
-            Item::Continue(data) => (None, data, false),
-            Item::Last(data) => (None, data, true),
-        };
-        let fragments = match (first, self.fragments.as_mut()) {
-            (Some(text), None) => self.fragments.insert(Fragments {
-                text,
-                buf: BytesMut::new(),
-                checked: 0,
-            }),
-            (None, Some(fragments)) => fragments,
-            (Some(_), Some(_)) | (None, None) => {
-                return self.close(
-                    ctx,
-                    Close::new(close_code::PROTOCOL_ERROR, "unexpected continuation frame"),
-                )
-            }
-        };
-        if fragments.buf.len() + data.len() > self.route.limits.max_message_size {
-            return self.close(
-                ctx,
-                Close::new(close_code::MESSAGE_TOO_BIG, "message too big"),
-            );
-        }
-        fragments.buf.extend_from_slice(&data);
-        if fragments.text && !utf8_prefix_ok(fragments, last) {
-            return self.close(
-                ctx,
-                Close::new(close_code::INVALID_PAYLOAD, "text is not valid UTF-8"),
-            );
-        }
-        if last {
-            let fragments = self.fragments.take().expect("fragments in progress");
-            let bytes = fragments.buf.freeze();
-            let frame = if fragments.text {
-                match ByteString::try_from(bytes) {
-                    Ok(text) => Frame::Text(text),
-                    Err(_) => {
-                        return self.close(
-                            ctx,
-                            Close::new(close_code::INVALID_PAYLOAD, "text is not valid UTF-8"),
-                        )
-                    }
-                }
-            } else {
-                Frame::Binary(bytes)
-            };
-            self.on_frame(ctx, frame);
-        }
     }
 }
 
@@ -634,78 +890,59 @@ fn utf8_prefix_ok(fragments: &mut Fragments, last: bool) -> bool {
     }
 }
 
-impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
-    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+impl StreamHandler<Result<Incoming, ReadError>> for Session {
+    fn handle(&mut self, item: Result<Incoming, ReadError>, ctx: &mut Self::Context) {
         self.last_seen = Instant::now();
-        let msg = match msg {
-            Ok(msg) => msg,
-            Err(err) => return self.on_protocol_error(ctx, err),
+        let frame = match item {
+            Ok(frame) => frame,
+            Err(ReadError::Refused(close)) => {
+                log::debug!(
+                    "id={} closing with {}: {}",
+                    self.id,
+                    close.code,
+                    close.reason
+                );
+                return self.fail(ctx, close);
+            }
+            Err(ReadError::Io(e)) => {
+                log::debug!("id={} read error: {e}", self.id);
+                return ctx.stop();
+            }
         };
-        match msg {
-            ws::Message::Ping(payload) => ctx.pong(&payload),
-            ws::Message::Pong(_) | ws::Message::Nop => {}
-            ws::Message::Text(_) | ws::Message::Binary(_) if self.fragments.is_some() => {
-                self.close(
-                    ctx,
-                    Close::new(
-                        close_code::PROTOCOL_ERROR,
-                        "new message before the fragmented one ended",
-                    ),
-                );
+        match frame {
+            Incoming::Close(reason) => {
+                self.close_received = true;
+                if self.close_sent {
+                    // The answer to our close: the handshake is complete once it is written.
+                    self.flush(ctx);
+                } else {
+                    // Echo the client's close code (RFC 6455 §5.5.1); its reason is kept for
+                    // the disconnect notice.
+                    self.close_code = Some(reason.as_ref().map_or(close_code::NO_STATUS, |r| r.0));
+                    self.close_reason =
+                        Some(reason.as_ref().map(|r| r.1.clone()).unwrap_or_default());
+                    self.close_with(ctx, reason.map(|(code, _)| Close::new(code, "")));
+                }
             }
-            ws::Message::Text(text) => self.on_frame(ctx, Frame::Text(text)),
-            ws::Message::Binary(bytes) => self.on_frame(ctx, Frame::Binary(bytes)),
-            ws::Message::Continuation(item) => self.on_fragment(ctx, item),
-            ws::Message::Close(reason) => {
-                // Echo the client's close code (RFC 6455 §5.5.1) and stop.
-                self.close_code = Some(
-                    reason
-                        .as_ref()
-                        .map_or(close_code::NO_STATUS, |r| r.code.into()),
-                );
-                self.close_reason = Some(
-                    reason
-                        .as_ref()
-                        .and_then(|r| r.description.clone())
-                        .unwrap_or_default(),
-                );
-                ctx.close(reason.map(|r| ws::CloseReason {
-                    code: r.code,
-                    description: None,
-                }));
-                ctx.stop();
+            // After our close frame only the client's close matters.
+            _ if self.close_sent => {}
+            Incoming::Ping(payload) => {
+                self.backlog.add(payload.len());
+                let size = payload.len();
+                self.send(ctx, Opcode::Pong, payload, Some(size));
+                if self.backlog.over_budget() {
+                    self.gate.paused.set(true);
+                }
             }
+            Incoming::Pong => {}
+            Incoming::Data { kind, fin, payload } => self.on_data(ctx, kind, fin, payload),
         }
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
-        // The TCP stream ended; without a close frame this is an abnormal closure (1006).
+        // The client's side of the TCP stream ended (or reading failed); without a close frame
+        // this is an abnormal closure (1006).
         ctx.stop();
-    }
-}
-
-impl Session {
-    fn on_protocol_error(&mut self, ctx: &mut ws::WebsocketContext<Self>, err: ws::ProtocolError) {
-        let close = match &err {
-            ws::ProtocolError::Overflow => {
-                Close::new(close_code::MESSAGE_TOO_BIG, "message too big")
-            }
-            // actix-web-actors reports text that is not UTF-8 as an I/O error naming UTF-8.
-            ws::ProtocolError::Io(e) if e.to_string().to_ascii_lowercase().contains("utf-8") => {
-                Close::new(close_code::INVALID_PAYLOAD, "text is not valid UTF-8")
-            }
-            ws::ProtocolError::Io(e) => {
-                log::debug!("id={} read error: {e}", self.id);
-                ctx.stop();
-                return;
-            }
-            other => Close::new(
-                close_code::PROTOCOL_ERROR,
-                format!("protocol error: {other}"),
-            ),
-        };
-        log::debug!("id={} closing with {}: {err}", self.id, close.code);
-        self.close(ctx, close);
     }
 }
 
@@ -714,9 +951,11 @@ impl Handler<Deliver> for Session {
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
         match msg.0 {
-            Outbound::Frame(frame) => Self::write(ctx, frame),
-            Outbound::Publication(publication) => {
-                Self::write(ctx, self.dialect.encode(&publication))
+            Outbound::Frame(frame) => {
+                let (opcode, payload) = frame_parts(frame);
+                let size = payload.len();
+                // The hub reserved its room in the backlog.
+                self.send(ctx, opcode, payload, Some(size));
             }
             Outbound::Close(close) => self.close(ctx, close),
             Outbound::Replaced => {
@@ -742,7 +981,7 @@ impl Handler<BackendReply> for Session {
         match msg {
             BackendReply::Answer(frame) => {
                 self.pending = self.pending.saturating_sub(1);
-                Self::write(ctx, frame);
+                self.reply(ctx, frame);
             }
             BackendReply::Done => self.pending = self.pending.saturating_sub(1),
             BackendReply::Failed(close) => self.close(ctx, close),

@@ -44,6 +44,17 @@ impl DialectKind {
         }
     }
 
+    /// Publication -> the frame this dialect's clients get (encoded once per publication and
+    /// dialect; every recipient shares the bytes).
+    pub fn encode(self, publication: &Publication) -> Frame {
+        match self {
+            DialectKind::Raw => publication.frame_for(self, raw::encode),
+            DialectKind::JsonRpc => publication.frame_for(self, jsonrpc::encode),
+            DialectKind::Groups => publication.frame_for(self, groups::encode),
+            DialectKind::Topics => publication.frame_for(self, topics::encode),
+        }
+    }
+
     /// The config name.
     pub fn name(self) -> &'static str {
         match self {
@@ -143,16 +154,6 @@ impl Dialect {
             Dialect::JsonRpc(d) => d.decode(frame),
             Dialect::Groups(d) => d.decode(frame),
             Dialect::Topics(d) => d.decode(frame),
-        }
-    }
-
-    /// Publication -> the frame this dialect's clients get (encoded once per publication).
-    pub fn encode(&self, publication: &Publication) -> Frame {
-        match self {
-            Dialect::Raw(_) => publication.frame_for(DialectKind::Raw, raw::encode),
-            Dialect::JsonRpc(_) => publication.frame_for(DialectKind::JsonRpc, jsonrpc::encode),
-            Dialect::Groups(_) => publication.frame_for(DialectKind::Groups, groups::encode),
-            Dialect::Topics(_) => publication.frame_for(DialectKind::Topics, topics::encode),
         }
     }
 }

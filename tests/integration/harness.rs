@@ -222,10 +222,16 @@ pub async fn expect_close(ws: &mut Ws) -> (u16, String) {
             .await
             .expect("timed out waiting for the close frame");
         match msg {
+            // Like a browser, answer the close at once (tungstenite queues the answer until
+            // the socket is polled again).
             Some(Ok(Message::Close(Some(frame)))) => {
-                return (u16::from(frame.code), frame.reason.into_owned())
+                let _ = ws.flush().await;
+                return (u16::from(frame.code), frame.reason.into_owned());
             }
-            Some(Ok(Message::Close(None))) => return (1005, String::new()),
+            Some(Ok(Message::Close(None))) => {
+                let _ = ws.flush().await;
+                return (1005, String::new());
+            }
             Some(Ok(_)) => continue,
             Some(Err(e)) => panic!("read error before the close frame: {e}"),
             None => panic!("stream ended without a close frame"),
