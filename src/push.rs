@@ -12,9 +12,15 @@
 //! | `POST /api/broadcast` | `{"data": any}` | `{"reached", "dropped"}` |
 //! | `POST /` | JSON-RPC 2.0 (RocketWS's backend port, see `push_rpc`) | JSON-RPC response |
 //!
-//! Errors: 400 malformed body or id, 401 missing/wrong bearer token, 404 unknown connection or
-//! path, 413 body too large, 503 queue full or hub unavailable; each as
-//! `{"error": kind, "message": text}`.
+//! Every path first checks `Host` (DNS rebinding) and `Origin` (CSRF: a present `Origin` must be
+//! in `push.allowed_origins`), see [`crate::origin`]; then the token, except on `/healthz`. The
+//! `/api` bodies must be `application/json`, and every body must arrive within
+//! `push.body_timeout_ms`.
+//!
+//! Errors: 400 malformed body or id, 401 missing/wrong bearer token, 403 foreign `Origin` or
+//! `Host`, 404 unknown connection or path, 408 body too slow (the connection is closed), 413 body
+//! too large, 415 an `/api` body that is not `application/json`, 503 queue full or hub
+//! unavailable; each as `{"error": kind, "message": text}`.
 
 use std::future::{ready, Ready};
 use std::time::Duration;
