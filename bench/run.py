@@ -293,6 +293,7 @@ class Bench:
                         ["--url", f"ws://127.0.0.1:{HUB_WS}/rpc", "--connect-rate", "10000",
                          "--subscribe", SUBSCRIBE_RPC, "--await-ack",
                          "--publish-url", f"http://127.0.0.1:{HUB_PUSH}/api/publish",
+                         "--header", "Content-Type: application/json",
                          "--publish-body", '{"channel":"bench","data":"{payload}"}'] + common)
             self.repeat(key, "node-ws", node_hub, "fanout",
                         ["--url", f"ws://127.0.0.1:{NODE_PORT}/sub", "--connect-rate", "10000",

@@ -148,9 +148,60 @@ impl Command {
     }
 }
 
-/// Parse JSON given on a command line; a bare word that is not JSON is taken as a string.
-pub fn json_arg(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+/// Parse JSON given on a command line. Text that is not JSON is an error, unless `as_string`
+/// asks for it to be sent as a JSON string (a typo in an object must not go out as a string).
+pub fn json_arg(text: &str, as_string: bool) -> Result<Value, CliError> {
+    if as_string {
+        return Ok(Value::String(text.to_owned()));
+    }
+    serde_json::from_str(text).map_err(|e| {
+        CliError::Usage(format!(
+            "`{text}` is not valid JSON ({e}); to send it as a string pass --string (shell: quote it, \"{text}\")"
+        ))
+    })
+}
+
+/// One line naming the hub that answers at `target`, from its `/healthz` (version, process id,
+/// listener, uptime), so an operator sees which hub a command went to. An unreachable hub is
+/// an error; a push API that does not identify itself is described as such.
+pub async fn identify(target: &Target) -> Result<String, CliError> {
+    let health = match Command::Health.run(target).await {
+        Ok(health) => health,
+        Err(e @ CliError::Unreachable { .. }) => return Err(e),
+        Err(e) => {
+            return Ok(format!(
+                "the push API at {} did not identify itself (/healthz: {e})",
+                target.base
+            ))
+        }
+    };
+    let hub = &health["hub"];
+    let Some(pid) = hub["pid"].as_u64() else {
+        return Ok(format!(
+            "the server at {} answers /healthz without naming itself; is it a Switchboard hub?",
+            target.base
+        ));
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let up = now.saturating_sub(hub["started_at"].as_u64().unwrap_or(now));
+    Ok(format!(
+        "answered by switchboard {} (pid {pid}, push listener {}, up {}, {} connection(s))",
+        hub["version"].as_str().unwrap_or("?"),
+        hub["push"].as_str().unwrap_or("?"),
+        uptime(up),
+        health["connections"],
+    ))
+}
+
+/// `3h02m`, `5m07s`, `42s`.
+fn uptime(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+    }
 }
 
 /// The shell's help text.
@@ -194,13 +245,13 @@ pub fn parse_shell_line(line: &str) -> Result<Option<Command>, CliError> {
             )?;
             Command::Publish {
                 channel: first.into(),
-                data: json_arg(tail),
+                data: json_arg(tail, false)?,
             }
         }
         "broadcast" => {
             need(!rest.is_empty(), "broadcast JSON")?;
             Command::Broadcast {
-                data: json_arg(rest),
+                data: json_arg(rest, false)?,
             }
         }
         "send" => {
@@ -232,14 +283,14 @@ pub fn parse_shell_line(line: &str) -> Result<Option<Command>, CliError> {
             need(!first.is_empty() && !tail.is_empty(), "emit CHANNEL JSON")?;
             Command::Rpc {
                 method: "emit".into(),
-                params: json!({"channel": first, "data": json_arg(tail)}),
+                params: json!({"channel": first, "data": json_arg(tail, false)?}),
             }
         }
         "notify_all" => {
             need(!rest.is_empty(), "notify_all JSON")?;
             Command::Rpc {
                 method: "notify_all".into(),
-                params: json!({"data": json_arg(rest)}),
+                params: json!({"data": json_arg(rest, false)?}),
             }
         }
         "total_subscribers" => Command::Rpc {
@@ -263,7 +314,10 @@ pub fn parse_shell_line(line: &str) -> Result<Option<Command>, CliError> {
 /// the input ends or on `quit`.
 pub async fn shell(target: &Target) -> anyhow::Result<()> {
     let mut editor = rustyline::DefaultEditor::new()?;
-    println!("switchboard shell on {} (type help)", target.base);
+    match identify(target).await {
+        Ok(hub) => println!("switchboard shell on {}: {hub} (type help)", target.base),
+        Err(e) => println!("switchboard shell on {}: {e} (type help)", target.base),
+    }
     loop {
         let line = match editor.readline("switchboard> ") {
             Ok(line) => line,
@@ -330,5 +384,13 @@ mod tests {
         assert!(parse_shell_line("publish onlychannel").is_err());
         assert!(parse_shell_line("close abc loud").is_err());
         assert!(parse_shell_line("launch").is_err());
+        assert!(parse_shell_line("publish news hello").is_err());
+        assert!(parse_shell_line("broadcast {\"a\": 1").is_err());
+        assert_eq!(
+            parse_shell_line("broadcast \"hello\"").unwrap(),
+            Some(Command::Broadcast {
+                data: json!("hello")
+            })
+        );
     }
 }

@@ -3,12 +3,13 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
 use crate::dialect::DialectKind;
+use crate::origin::{HostPolicy, OriginPolicy, PatternError};
 
 /// The whole configuration file. Every section is optional; a missing section takes its defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -99,16 +100,75 @@ impl Default for ServerConfig {
 pub struct PushConfig {
     /// Address of the push API; it may equal `server.listen`, then both share one listener.
     pub listen: Address,
-    /// Bearer token the push API requires; required when `listen` is not a loopback address.
+    /// Bearer token the push API requires; required (or `token_file`, or the environment
+    /// variable [`PUSH_TOKEN_ENV`]) when `listen` is not a loopback address.
     pub token: Option<String>,
+    /// A file holding the bearer token (surrounding whitespace trimmed), so the secret need
+    /// not sit in the config file; exclusive with `token`.
+    pub token_file: Option<PathBuf>,
+    /// Origins (`https://app.example.com`, `https://*.example.com`) whose pages may call the
+    /// push API; a request with any other `Origin` header is refused, so a web page cannot
+    /// drive the API from a browser (CSRF).
+    pub allowed_origins: Vec<String>,
+    /// Host names the push API answers besides the loopback ones (on a loopback listener),
+    /// or instead of any (on another listener, when set): the defence against DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// How long a request body may take to arrive; a client that trickles it in is answered
+    /// with 408 and disconnected instead of holding a connection open.
+    pub body_timeout_ms: u64,
+    /// The token in effect, once [`Config::resolve_push_token`] has read its sources.
+    #[serde(skip)]
+    resolved_token: Option<ResolvedToken>,
 }
+
+/// The push token after its sources were read.
+#[derive(Debug, Clone)]
+struct ResolvedToken {
+    /// The secret, if any source gave one.
+    value: Option<String>,
+}
+
+/// The environment variable that holds the push token. It wins over `push.token_file` and
+/// `push.token`, so a deployment can inject the secret without writing it to disk.
+pub const PUSH_TOKEN_ENV: &str = "SWITCHBOARD_PUSH_TOKEN";
 
 impl Default for PushConfig {
     fn default() -> Self {
         Self {
             listen: Address("127.0.0.1:8081".parse().expect("valid literal")),
             token: None,
+            token_file: None,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            body_timeout_ms: 10_000,
+            resolved_token: None,
         }
+    }
+}
+
+impl PushConfig {
+    /// The bearer token in effect: from [`PUSH_TOKEN_ENV`], else `token_file`, else `token`
+    /// (as resolved by [`Config::resolve_push_token`]; before that, `token`).
+    pub fn token(&self) -> Option<&str> {
+        match &self.resolved_token {
+            Some(resolved) => resolved.value.as_deref(),
+            None => self.token.as_deref(),
+        }
+    }
+
+    /// The deadline for reading one request body.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
+
+    /// The origins allowed to call the push API (valid once the config is validated).
+    pub fn origin_policy(&self) -> Result<OriginPolicy, PatternError> {
+        OriginPolicy::new(&self.allowed_origins)
+    }
+
+    /// The `Host` values the push API answers (valid once the config is validated).
+    pub fn host_policy(&self) -> Result<HostPolicy, PatternError> {
+        HostPolicy::new(self.listen.0.ip().is_loopback(), &self.allowed_hosts)
     }
 }
 
@@ -342,13 +402,23 @@ pub enum ConfigError {
 const PUSH_PATHS: [&str; 2] = ["/api", "/healthz"];
 
 impl Config {
-    /// Read and validate a config file.
+    /// Read and validate a config file, with the push token's sources (`push.token_file`
+    /// and [`PUSH_TOKEN_ENV`]) read.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let origin = path.display().to_string();
+        let mut config = Self::read(path)?;
+        config.resolve_push_token(&origin, std::env::var(PUSH_TOKEN_ENV).ok())?;
+        config.validate(&origin)?;
+        Ok(config)
+    }
+
+    /// Read and parse a config file, without reading token files or validating it.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_toml(&text, &path.display().to_string())
+        Self::parse(&text, &path.display().to_string())
     }
 
     /// Parse a config from TOML text (without validating it); `origin` names the text in errors.
@@ -359,11 +429,65 @@ impl Config {
         })
     }
 
-    /// Parse and validate a config from TOML text.
+    /// Parse and validate a config from TOML text; `push.token_file` is read, the environment
+    /// is not.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config = Self::parse(text, origin)?;
+        let mut config = Self::parse(text, origin)?;
+        config.resolve_push_token(origin, None)?;
         config.validate(origin)?;
         Ok(config)
+    }
+
+    /// Settle the push token from its sources, highest first: `env` (the value of
+    /// [`PUSH_TOKEN_ENV`], if set), then the contents of `push.token_file` (trimmed), then
+    /// `push.token`. Setting both `token` and `token_file` is an error, as is a source that is
+    /// empty or a file that cannot be read.
+    pub fn resolve_push_token(
+        &mut self,
+        origin: &str,
+        env: Option<String>,
+    ) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let push = &self.push;
+        if push.token.is_some() && push.token_file.is_some() {
+            return Err(invalid(
+                "push.token_file",
+                "and push.token are both set; keep one of them".into(),
+            ));
+        }
+        let value = if let Some(env) = env {
+            let env = env.trim();
+            if env.is_empty() {
+                return Err(invalid(
+                    PUSH_TOKEN_ENV,
+                    "is set but empty; unset it or set a secret".into(),
+                ));
+            }
+            Some(env.to_owned())
+        } else if let Some(path) = &push.token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "push.token_file",
+                    format!("cannot read `{}`: {e}", path.display()),
+                )
+            })?;
+            let text = text.trim();
+            if text.is_empty() {
+                return Err(invalid(
+                    "push.token_file",
+                    format!("`{}` is empty; put the secret in it", path.display()),
+                ));
+            }
+            Some(text.to_owned())
+        } else {
+            push.token.clone()
+        };
+        self.push.resolved_token = Some(ResolvedToken { value });
+        Ok(())
     }
 
     /// Check the rules that the TOML types cannot express.
@@ -440,23 +564,47 @@ impl Config {
                 format!("{} is out of range 0..=256", self.server.workers),
             ));
         }
-        match &self.push.token {
-            Some(token) if token.trim().is_empty() => {
+        let push = &self.push;
+        if push.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(invalid(
+                "push.token",
+                "is empty; remove the key or set a secret".into(),
+            ));
+        }
+        if push.token_file.is_some() && push.resolved_token.is_none() {
+            // A config built with `parse` alone would otherwise run without its token.
+            return Err(invalid(
+                "push.token_file",
+                "has not been read: load the config with Config::load or from_toml".into(),
+            ));
+        }
+        if push.token().is_none() && !push.listen.0.ip().is_loopback() {
+            return Err(invalid(
+                "push.token",
+                format!(
+                    "is required when push.listen ({}) is not a loopback address: anyone who reaches it could push to every client; set push.token, push.token_file or {PUSH_TOKEN_ENV}",
+                    push.listen
+                ),
+            ));
+        }
+        for (i, pattern) in push.allowed_origins.iter().enumerate() {
+            if let Err(e) = OriginPolicy::new(&[pattern]) {
                 return Err(invalid(
-                    "push.token",
-                    "is empty; remove the key or set a secret".into(),
-                ))
+                    &format!("push.allowed_origins[{i}]"),
+                    e.to_string(),
+                ));
             }
-            None if !self.push.listen.0.ip().is_loopback() => {
-                return Err(invalid(
-                    "push.token",
-                    format!(
-                        "is required when push.listen ({}) is not a loopback address: anyone who reaches it could push to every client",
-                        self.push.listen
-                    ),
-                ))
+        }
+        for (i, host) in push.allowed_hosts.iter().enumerate() {
+            if let Err(e) = HostPolicy::new(true, &[host]) {
+                return Err(invalid(&format!("push.allowed_hosts[{i}]"), e.to_string()));
             }
-            _ => {}
+        }
+        if push.body_timeout_ms == 0 {
+            return Err(invalid(
+                "push.body_timeout_ms",
+                "must be greater than 0".into(),
+            ));
         }
         if self.backend.kind == BackendKind::Http {
             let backend = &self.backend;
@@ -641,6 +789,82 @@ mod tests {
         let err = check("[push]\nlisten = \"0.0.0.0:8081\"\n").unwrap_err();
         assert!(err.to_string().contains("push.token"), "{err}");
         check("[push]\nlisten = \"0.0.0.0:8081\"\ntoken = \"s3cret\"\n").unwrap();
+    }
+
+    #[test]
+    fn the_push_token_comes_from_the_environment_the_file_or_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  from-file\n").unwrap();
+        let with_file = format!(
+            "[push]\nlisten = \"0.0.0.0:8081\"\ntoken_file = {:?}\n",
+            file.display().to_string()
+        );
+        let resolved = |text: &str, env: Option<&str>| {
+            let mut config = Config::parse(text, "test.toml").unwrap();
+            config.resolve_push_token("test.toml", env.map(str::to_owned))?;
+            config.validate("test.toml")?;
+            Ok::<_, ConfigError>(config.push.token().map(str::to_owned))
+        };
+        assert_eq!(
+            resolved(&with_file, None).unwrap().as_deref(),
+            Some("from-file")
+        );
+        assert_eq!(
+            resolved(&with_file, Some("from-env")).unwrap().as_deref(),
+            Some("from-env")
+        );
+        // A public listener counts the environment as a token source.
+        let public = "[push]\nlisten = \"0.0.0.0:8081\"\n";
+        assert_eq!(resolved(public, Some("e")).unwrap().as_deref(), Some("e"));
+        let err = resolved(public, None).unwrap_err().to_string();
+        assert!(
+            err.contains("push.token") && err.contains("SWITCHBOARD_PUSH_TOKEN"),
+            "{err}"
+        );
+        let err = resolved(public, Some(" ")).unwrap_err().to_string();
+        assert!(err.contains("SWITCHBOARD_PUSH_TOKEN"), "{err}");
+
+        let both = format!("{with_file}token = \"x\"\n");
+        let err = resolved(&both, None).unwrap_err().to_string();
+        assert!(err.contains("push.token_file"), "{err}");
+        std::fs::write(&file, "\n").unwrap();
+        let err = resolved(&with_file, None).unwrap_err().to_string();
+        assert!(
+            err.contains("push.token_file") && err.contains("empty"),
+            "{err}"
+        );
+        let missing = "[push]\ntoken_file = \"/nonexistent/token\"\n";
+        let err = resolved(missing, None).unwrap_err().to_string();
+        assert!(
+            err.contains("push.token_file") && err.contains("cannot read"),
+            "{err}"
+        );
+        // Parsed but never resolved: refused rather than run without its token.
+        let config = Config::parse(missing, "test.toml").unwrap();
+        assert!(config.validate("test.toml").is_err());
+    }
+
+    #[test]
+    fn push_origins_hosts_and_body_timeout_are_checked() {
+        let config = check(
+            "[push]\nallowed_origins = [\"https://app.example.com\", \"https://*.example.com\"]\nallowed_hosts = [\"push.internal\"]\n",
+        )
+        .unwrap();
+        assert!(config
+            .push
+            .origin_policy()
+            .unwrap()
+            .allows("https://a.example.com"));
+        assert_eq!(config.push.body_timeout_ms, 10_000);
+        let err =
+            check("[push]\nallowed_origins = [\"https://ok.example\", \"app.example.com\"]\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("push.allowed_origins[1]"), "{err}");
+        let err = check("[push]\nallowed_hosts = [\"push.internal:8081\"]\n").unwrap_err();
+        assert!(err.to_string().contains("push.allowed_hosts[0]"), "{err}");
+        let err = check("[push]\nbody_timeout_ms = 0\n").unwrap_err();
+        assert!(err.to_string().contains("push.body_timeout_ms"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`dialect`]: one pure codec per route kind (`raw`, `jsonrpc`).
 //! - [`backend`]: where relay routes send frames: the loopback echo, or [`backend::http`], one
 //!   actor per worker that relays to an application in SocketDock's or ws2api's format.
+//! - [`origin`]: which `Origin` and `Host` header values a listener accepts (CSRF, DNS rebinding).
 //! - [`push`]: the push API for backends (HTTP handlers -> hub messages).
 //! - [`push_rpc`]: RocketWS's JSON-RPC backend port (`POST /` on the push listener).
 //! - [`channel`], [`connection`]: the values that travel: frames, publications, ids.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod connection;
 pub mod dialect;
 pub mod hub;
+pub mod origin;
 mod outbox;
 pub mod push;
 pub mod push_rpc;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use switchboard::cli::{self, Command, Target};
-use switchboard::config::{Address, Config};
+use switchboard::config::{Address, Config, PUSH_TOKEN_ENV};
 use switchboard::Listeners;
 
 /// Exit code for a configuration or usage error (the config is checked before any port is bound).
@@ -29,10 +29,12 @@ struct Cli {
     /// Override log.level (RUST_LOG, when set, wins over both).
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
-    /// Operator commands: the push API's base URL (default: from the config's push.listen).
+    /// Operator commands: the push API's base URL. Default: the SWITCHBOARD_PUSH_URL
+    /// environment variable, else push.listen of the config file (--config or ./config.toml).
     #[arg(long, value_name = "URL", global = true)]
     push_url: Option<String>,
-    /// Operator commands: the push API's bearer token (default: the config's push.token).
+    /// Operator commands: the push API's bearer token (default: the config's push token,
+    /// SWITCHBOARD_PUSH_TOKEN included).
     #[arg(long, env = "SWITCHBOARD_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
     /// Without a subcommand the hub runs.
@@ -43,10 +45,21 @@ struct Cli {
 /// Operator commands against a running hub.
 #[derive(Subcommand)]
 enum Operator {
-    /// Publish JSON (or a bare string) to a channel.
-    Publish { channel: String, data: String },
-    /// Send JSON (or a bare string) to every connection.
-    Broadcast { data: String },
+    /// Publish JSON to a channel (with --string: the text as a JSON string).
+    Publish {
+        channel: String,
+        data: String,
+        /// Send DATA as a JSON string instead of parsing it as JSON.
+        #[arg(long)]
+        string: bool,
+    },
+    /// Send JSON to every connection (with --string: the text as a JSON string).
+    Broadcast {
+        data: String,
+        /// Send DATA as a JSON string instead of parsing it as JSON.
+        #[arg(long)]
+        string: bool,
+    },
     /// Send a text frame to one connection.
     Send { id: String, text: String },
     /// Close one connection.
@@ -68,56 +81,104 @@ enum Operator {
 /// Exit code for an operator command that failed.
 const EXIT_COMMAND_FAILED: u8 = 1;
 
+/// The environment variable naming the push API's base URL for operator commands.
+const PUSH_URL_ENV: &str = "SWITCHBOARD_PUSH_URL";
+
+/// The push API's base URL for operator commands and where it came from, in words.
+fn push_target_url(cli: &Cli, config: Option<&(Config, Option<String>)>) -> (String, String) {
+    if let Some(url) = &cli.push_url {
+        return (url.clone(), "--push-url".into());
+    }
+    if let Some(url) = std::env::var(PUSH_URL_ENV).ok().filter(|u| !u.is_empty()) {
+        return (url, PUSH_URL_ENV.into());
+    }
+    let (listen, source) = match config {
+        Some((config, _)) if cli.push_listen.is_some() => {
+            (config.push.listen.0, "--push-listen".to_owned())
+        }
+        Some((config, Some(file))) => (config.push.listen.0, format!("push.listen in {file}")),
+        _ => (
+            "127.0.0.1:8081".parse().expect("literal"),
+            "the built-in default: no --push-url, no config file".to_owned(),
+        ),
+    };
+    let host = match listen.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    (format!("http://{host}:{}", listen.port()), source)
+}
+
 fn operate(cli: &Cli, operator: &Operator) -> ExitCode {
-    let configured = || load(cli).ok();
-    let base = cli.push_url.clone().unwrap_or_else(|| {
-        let listen = configured().map_or_else(
-            || "127.0.0.1:8081".parse().expect("literal"),
-            |c| c.push.listen.0,
-        );
-        let host = if listen.ip().is_unspecified() {
-            "127.0.0.1".to_owned()
-        } else {
-            listen.ip().to_string()
-        };
-        format!("http://{host}:{}", listen.port())
-    });
-    let token = cli
-        .token
-        .clone()
-        .or_else(|| configured().and_then(|c| c.push.token));
-    let target = Target { base, token };
+    let json = |data: &str, string: bool| cli::json_arg(data, string);
     let command = match operator {
-        Operator::Publish { channel, data } => Command::Publish {
+        Operator::Publish {
+            channel,
+            data,
+            string,
+        } => json(data, *string).map(|data| Command::Publish {
             channel: channel.clone(),
-            data: cli::json_arg(data),
-        },
-        Operator::Broadcast { data } => Command::Broadcast {
-            data: cli::json_arg(data),
-        },
-        Operator::Send { id, text } => Command::Send {
+            data,
+        }),
+        Operator::Broadcast { data, string } => {
+            json(data, *string).map(|data| Command::Broadcast { data })
+        }
+        Operator::Send { id, text } => Ok(Command::Send {
             id: id.clone(),
             text: text.clone(),
-        },
-        Operator::Close { id, code, reason } => Command::Close {
+        }),
+        Operator::Close { id, code, reason } => Ok(Command::Close {
             id: id.clone(),
             code: *code,
             reason: reason.clone(),
-        },
-        Operator::Connections => Command::Connections,
-        Operator::Channels => Command::Channels,
-        Operator::Shell => {
-            let result = actix_web::rt::System::new().block_on(cli::shell(&target));
-            return match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("switchboard: {e:#}");
-                    ExitCode::from(EXIT_COMMAND_FAILED)
-                }
-            };
+        }),
+        Operator::Connections => Ok(Command::Connections),
+        Operator::Channels => Ok(Command::Channels),
+        // The shell parses its own lines.
+        Operator::Shell => Ok(Command::Health),
+    };
+    let command = match command {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match actix_web::rt::System::new().block_on(command.run(&target)) {
+    // The config is read only when a flag does not already say what it would.
+    let needs_config =
+        cli.token.is_none() || (cli.push_url.is_none() && std::env::var_os(PUSH_URL_ENV).is_none());
+    let config = match needs_config.then(|| load(cli)).transpose() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("switchboard: config error: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let (base, source) = push_target_url(cli, config.as_ref());
+    eprintln!("switchboard: push API {base} (from {source})");
+    let token = cli.token.clone().or_else(|| {
+        config
+            .as_ref()
+            .and_then(|(c, _)| c.push.token().map(str::to_owned))
+    });
+    let target = Target { base, token };
+    let system = actix_web::rt::System::new();
+    if let Operator::Shell = operator {
+        return match system.block_on(cli::shell(&target)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchboard: {e:#}");
+                ExitCode::from(EXIT_COMMAND_FAILED)
+            }
+        };
+    }
+    let result = system.block_on(async {
+        let hub = cli::identify(&target).await?;
+        eprintln!("switchboard: {hub}");
+        command.run(&target).await
+    });
+    match result {
         Ok(reply) => {
             println!(
                 "{}",
@@ -132,11 +193,21 @@ fn operate(cli: &Cli, operator: &Operator) -> ExitCode {
     }
 }
 
-fn load(cli: &Cli) -> anyhow::Result<Config> {
+/// The config of `--config`, or `./config.toml` if present, with the flags applied, the push
+/// token's sources read, and validated; the built-in defaults when there is no file.
+/// The file's full path is returned too (for messages), `None` without a file.
+fn load(cli: &Cli) -> anyhow::Result<(Config, Option<String>)> {
     let default_path = PathBuf::from("config.toml");
-    let (mut config, origin) = match &cli.config {
-        Some(path) => (Config::load(path)?, path.display().to_string()),
-        None if default_path.exists() => (Config::load(&default_path)?, "config.toml".into()),
+    let path = match &cli.config {
+        Some(path) => Some(path.clone()),
+        None => default_path.exists().then_some(default_path),
+    };
+    let (mut config, origin) = match &path {
+        Some(path) => {
+            // The full path, so an operator sees which `./config.toml` was meant.
+            let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            (Config::read(path)?, shown.display().to_string())
+        }
         None => (Config::parse("", "defaults")?, "defaults".into()),
     };
     if let Some(listen) = &cli.listen {
@@ -150,8 +221,9 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(level) = &cli.log_level {
         config.log.level = level.clone();
     }
+    config.resolve_push_token(&origin, std::env::var(PUSH_TOKEN_ENV).ok())?;
     config.validate(&origin)?;
-    Ok(config)
+    Ok((config, path.is_some().then_some(origin)))
 }
 
 async fn shutdown_signal() {
@@ -170,7 +242,7 @@ fn main() -> ExitCode {
         return operate(&cli, operator);
     }
     let config = match load(&cli) {
-        Ok(config) => config,
+        Ok((config, _)) => config,
         Err(e) => {
             eprintln!("switchboard: config error: {e:#}");
             return ExitCode::from(EXIT_CONFIG);

@@ -12,11 +12,18 @@
 //! | `POST /api/broadcast` | `{"data": any}` | `{"reached", "dropped"}` |
 //! | `POST /` | JSON-RPC 2.0 (RocketWS's backend port, see `push_rpc`) | JSON-RPC response |
 //!
-//! Errors: 400 malformed body or id, 401 missing/wrong bearer token, 404 unknown connection or
-//! path, 413 body too large, 503 queue full or hub unavailable; each as
-//! `{"error": kind, "message": text}`.
+//! Every path first checks `Host` (DNS rebinding) and `Origin` (CSRF: a present `Origin` must be
+//! in `push.allowed_origins`), see [`crate::origin`]; then the token, except on `/healthz`. The
+//! `/api` bodies must be `application/json`, and every body must arrive within
+//! `push.body_timeout_ms`.
+//!
+//! Errors: 400 malformed body or id, 401 missing/wrong bearer token, 403 foreign `Origin` or
+//! `Host`, 404 unknown connection or path, 408 body too slow (the connection is closed), 413 body
+//! too large, 415 an `/api` body that is not `application/json`, 503 queue full or hub
+//! unavailable; each as `{"error": kind, "message": text}`.
 
 use std::future::{ready, Ready};
+use std::time::Duration;
 
 use actix::{Addr, MailboxError};
 use actix_web::http::{header, StatusCode};
@@ -28,12 +35,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::channel::{close_code, ChannelName, Close, Frame};
-use crate::config::RelayFormat;
+use crate::config::{PushConfig, RelayFormat};
 use crate::connection::ConnectionId;
 use crate::hub::{
     Broadcast, CloseConnection, Hub, ListChannels, ListConnections, Publish, SendTo, Stats,
     Undelivered,
 };
+use crate::origin::{HostPolicy, OriginPolicy};
 
 /// The push API's shared settings, kept in app data.
 pub struct PushSettings {
@@ -41,6 +49,35 @@ pub struct PushSettings {
     pub token: Option<String>,
     /// The largest request body accepted, in bytes.
     pub max_body: usize,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
+    /// Origins whose pages may call the push API (requests without `Origin` always may).
+    pub origins: OriginPolicy,
+    /// `Host` values the push API answers (DNS rebinding).
+    pub hosts: HostPolicy,
+    /// When this hub started, reported by `/healthz` so operators can tell hubs apart.
+    pub started_at: u64,
+}
+
+impl PushSettings {
+    /// The settings of a validated `[push]` section, with the body limit the server derives
+    /// from `limits.max_message_size`.
+    pub fn new(push: &PushConfig, max_body: usize) -> Self {
+        Self {
+            token: push.token().map(str::to_owned),
+            max_body,
+            body_timeout: push.body_timeout(),
+            origins: push
+                .origin_policy()
+                .expect("push.allowed_origins is checked by Config::validate"),
+            hosts: push
+                .host_policy()
+                .expect("push.allowed_hosts is checked by Config::validate"),
+            started_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
 }
 
 /// A push-API failure, mapped to a status and a JSON body.
@@ -52,12 +89,21 @@ pub enum ApiError {
     /// Missing or wrong bearer token.
     #[error("missing or wrong bearer token: send `Authorization: Bearer <push.token>`")]
     Unauthorized,
+    /// A foreign `Origin` or `Host`: a web page (CSRF) or a rebound DNS name.
+    #[error("{0}")]
+    Forbidden(String),
     /// No such connection or path.
     #[error("{0}")]
     NotFound(String),
+    /// The body did not arrive within `push.body_timeout_ms`.
+    #[error("the request body did not arrive within {0} ms (push.body_timeout_ms)")]
+    BodyTimeout(u128),
     /// The body exceeds the limit.
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
+    /// A JSON endpoint was sent a body of another type.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// The hub could not take the request now.
     #[error("{0}")]
     Unavailable(String),
@@ -68,8 +114,11 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
+            ApiError::BodyTimeout(_) => "request_timeout",
             ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Unavailable(_) => "unavailable",
         }
     }
@@ -80,16 +129,26 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unauthorized) {
-            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        match self {
+            ApiError::Unauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            // The rest of the body may still be trickling in: drop the connection with it.
+            ApiError::BodyTimeout(_) => {
+                response.force_close();
+            }
+            _ => {}
         }
         response.json(json!({"error": self.kind(), "message": self.to_string()}))
     }
@@ -110,7 +169,59 @@ impl From<Undelivered> for ApiError {
     }
 }
 
-/// Proof that a request carried the configured bearer token (or that none is configured).
+/// Refuse a request whose `Host` the push API does not answer (DNS rebinding) or whose
+/// `Origin` is present and not allowed (a web page: CSRF). Requests without `Origin` come from
+/// servers and tools, not from a browser's cross-site request, and pass.
+fn check_host_and_origin(req: &HttpRequest, settings: &PushSettings) -> Result<(), ApiError> {
+    let host = match req.headers().get(header::HOST) {
+        // A value that is not text matches no policy entry.
+        Some(value) => Some(value.to_str().unwrap_or("")),
+        // HTTP/1.0 tools may send none; a browser always does.
+        None => req.uri().authority().map(|a| a.as_str()),
+    };
+    if let Some(host) = host {
+        if !settings.hosts.allows(host) {
+            return Err(ApiError::Forbidden(format!(
+                "the push API does not answer to Host `{host}`: add it to push.allowed_hosts"
+            )));
+        }
+    }
+    for origin in req.headers().get_all(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        if !settings.origins.allows(origin) {
+            return Err(ApiError::Forbidden(format!(
+                "requests from origin `{origin}` are not allowed: add it to push.allowed_origins"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn settings_of(req: &HttpRequest) -> Result<&PushSettings, ApiError> {
+    req.app_data::<web::Data<PushSettings>>()
+        .map(|settings| settings.get_ref())
+        .ok_or_else(|| ApiError::Unavailable("the push API is not configured".into()))
+}
+
+/// Proof that a request passed the `Host` and `Origin` checks (see [`Authorized`]); enough
+/// for `/healthz`, which needs no token.
+pub struct Allowed;
+
+impl FromRequest for Allowed {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        ready(
+            settings_of(req)
+                .and_then(|settings| check_host_and_origin(req, settings))
+                .map(|()| Allowed),
+        )
+    }
+}
+
+/// Proof that a request passed the `Host` and `Origin` checks and carried the configured
+/// bearer token (or that none is configured). Every push path but `/healthz` takes one.
 pub struct Authorized;
 
 impl FromRequest for Authorized {
@@ -118,24 +229,36 @@ impl FromRequest for Authorized {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let expected = req
-            .app_data::<web::Data<PushSettings>>()
-            .and_then(|settings| settings.token.as_deref());
-        let Some(expected) = expected else {
-            return ready(Ok(Authorized));
-        };
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if constant_time_eq::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-            ready(Ok(Authorized))
-        } else {
-            ready(Err(ApiError::Unauthorized))
-        }
+        ready(authorize(req))
     }
+}
+
+fn authorize(req: &HttpRequest) -> Result<Authorized, ApiError> {
+    let settings = settings_of(req)?;
+    check_host_and_origin(req, settings)?;
+    let Some(expected) = settings.token.as_deref() else {
+        return Ok(Authorized);
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(bearer_credentials)
+        .unwrap_or("");
+    if constant_time_eq::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        Ok(Authorized)
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` value; the scheme name is
+/// case-insensitive (RFC 9110, section 11.1).
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim_matches(' '))
 }
 
 /// Register the push API's routes, with the compatibility paths of the relay format, if any.
@@ -175,8 +298,22 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     )))
 }
 
-/// Read a request body up to the push API's limit.
+/// Read a request body up to the push API's limit, within `push.body_timeout_ms`.
 pub(crate) async fn read_body(
+    payload: web::Payload,
+    settings: &PushSettings,
+) -> Result<web::Bytes, ApiError> {
+    tokio::time::timeout(
+        settings.body_timeout,
+        read_body_unbounded(payload, settings),
+    )
+    .await
+    .unwrap_or(Err(ApiError::BodyTimeout(
+        settings.body_timeout.as_millis(),
+    )))
+}
+
+async fn read_body_unbounded(
     mut payload: web::Payload,
     settings: &PushSettings,
 ) -> Result<web::Bytes, ApiError> {
@@ -191,12 +328,39 @@ pub(crate) async fn read_body(
     Ok(body.freeze())
 }
 
+/// Whether a `Content-Type` value is `application/json`, parameters (charset) allowed.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+/// Read a JSON body. It must be declared `application/json`: a browser can send `text/plain`
+/// or a form cross-site without a preflight, never `application/json`. With `empty_default`,
+/// an empty body without a content type takes that value.
 async fn read_json<T: DeserializeOwned>(
+    req: &HttpRequest,
     payload: web::Payload,
     settings: &PushSettings,
     empty_default: Option<T>,
 ) -> Result<T, ApiError> {
+    let content_type = req.headers().get(header::CONTENT_TYPE);
+    let declared_json = content_type
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_json);
     let body = read_body(payload, settings).await?;
+    if body.is_empty() && content_type.is_none() {
+        if let Some(default) = empty_default {
+            return Ok(default);
+        }
+    }
+    if !declared_json {
+        let given = content_type.map_or("none".into(), |v| {
+            format!("`{}`", String::from_utf8_lossy(v.as_bytes()))
+        });
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "send the body with `Content-Type: application/json` (given: {given})"
+        )));
+    }
     if body.is_empty() {
         if let Some(default) = empty_default {
             return Ok(default);
@@ -210,10 +374,22 @@ fn connection_id(text: &str) -> Result<ConnectionId, ApiError> {
     ConnectionId::parse(text).map_err(|e| ApiError::BadRequest(format!("{e}: `{text}`")))
 }
 
-async fn healthz(hub: web::Data<Addr<Hub>>) -> Result<HttpResponse, ApiError> {
+async fn healthz(
+    _: Allowed,
+    req: HttpRequest,
+    hub: web::Data<Addr<Hub>>,
+    settings: web::Data<PushSettings>,
+) -> Result<HttpResponse, ApiError> {
     let stats = hub.send(Stats).await?;
     let mut body = serde_json::to_value(stats).expect("stats serialize");
     body["status"] = json!("ok");
+    // Which hub answered: operators (and the CLI) tell hubs on one machine apart by these.
+    body["hub"] = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "push": req.app_config().local_addr().to_string(),
+        "started_at": settings.started_at,
+    });
     Ok(HttpResponse::Ok().json(body))
 }
 
@@ -239,13 +415,14 @@ struct SendBody {
 
 async fn send(
     _: Authorized,
+    req: HttpRequest,
     hub: web::Data<Addr<Hub>>,
     settings: web::Data<PushSettings>,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let id = connection_id(&id)?;
-    let body: SendBody = read_json(payload, &settings, None).await?;
+    let body: SendBody = read_json(&req, payload, &settings, None).await?;
     let frame = match (body.text, body.binary) {
         (Some(text), None) => Frame::text(text),
         (None, Some(encoded)) => {
@@ -279,6 +456,7 @@ fn normal_close() -> u16 {
 
 async fn close(
     _: Authorized,
+    req: HttpRequest,
     hub: web::Data<Addr<Hub>>,
     settings: web::Data<PushSettings>,
     id: web::Path<String>,
@@ -289,7 +467,7 @@ async fn close(
         code: close_code::NORMAL,
         reason: String::new(),
     };
-    let body: CloseBody = read_json(payload, &settings, Some(default)).await?;
+    let body: CloseBody = read_json(&req, payload, &settings, Some(default)).await?;
     if !close_code::is_sendable(body.code) {
         return Err(ApiError::BadRequest(format!(
             "close code {} is not allowed: use 1000 or 3000-4999",
@@ -316,11 +494,12 @@ struct PublishBody {
 
 async fn publish(
     _: Authorized,
+    req: HttpRequest,
     hub: web::Data<Addr<Hub>>,
     settings: web::Data<PushSettings>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body: PublishBody = read_json(payload, &settings, None).await?;
+    let body: PublishBody = read_json(&req, payload, &settings, None).await?;
     let channel = ChannelName::parse(&body.channel)
         .map_err(|e| ApiError::BadRequest(format!("`channel`: {e}")))?;
     let delivery = hub
@@ -344,11 +523,12 @@ struct BroadcastBody {
 
 async fn broadcast(
     _: Authorized,
+    req: HttpRequest,
     hub: web::Data<Addr<Hub>>,
     settings: web::Data<PushSettings>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body: BroadcastBody = read_json(payload, &settings, None).await?;
+    let body: BroadcastBody = read_json(&req, payload, &settings, None).await?;
     let delivery = hub.send(Broadcast { data: body.data }).await?;
     Ok(HttpResponse::Ok().json(delivery))
 }

@@ -171,10 +171,10 @@ pub async fn run(
             })
         })
         .collect();
-    let push_settings = web::Data::new(PushSettings {
-        token: config.push.token.clone(),
-        max_body: config.limits.max_message_size / 3 * 4 + PUSH_BODY_OVERHEAD,
-    });
+    let push_settings = web::Data::new(PushSettings::new(
+        &config.push,
+        config.limits.max_message_size / 3 * 4 + PUSH_BODY_OVERHEAD,
+    ));
     let workers = match config.server.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,

@@ -40,6 +40,11 @@ pub fn start(config: &str) -> HubProcess {
 
 /// Start the hub with `config` and these extra flags.
 pub fn start_with_args(config: &str, args: &[&str]) -> HubProcess {
+    start_with_env(config, args, &[])
+}
+
+/// Start the hub with `config`, these extra flags and these environment variables.
+pub fn start_with_env(config: &str, args: &[&str], env: &[(&str, &str)]) -> HubProcess {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("config.toml");
     std::fs::write(&path, config).expect("write config");
@@ -48,6 +53,7 @@ pub fn start_with_args(config: &str, args: &[&str]) -> HubProcess {
         .arg(&path)
         .args(args)
         .env("RUST_LOG", "info,actix_server=warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -100,6 +106,11 @@ impl HubProcess {
     /// `http://` URL on the push API.
     pub fn push_url(&self, path: &str) -> String {
         format!("http://{}{}", self.push, path)
+    }
+
+    /// The hub's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything the hub logged so far.
@@ -348,6 +359,52 @@ pub async fn http(method: &str, url: &str, token: Option<&str>, body: Option<&st
             .get("content-type")
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default(),
+        body,
+    }
+}
+
+/// Send `head` (request line and headers, without the blank line; `Connection: close` is
+/// added) and `body` over a plain TCP connection, so every header is exactly what the test
+/// says (`Host` included), and read the whole reply.
+pub async fn raw_http(addr: SocketAddr, head: &str, body: &[u8]) -> Reply {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!("{head}\r\nConnection: close\r\n");
+    if !body.is_empty() {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).await.expect("write request");
+    parse_reply(&read_to_end(&mut stream).await)
+}
+
+/// Parse a raw HTTP/1.1 response (not chunked).
+pub fn parse_reply(raw: &[u8]) -> Reply {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let body = raw[split + 4..].to_vec();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let content_type = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    Reply {
+        status,
+        json: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        content_type,
         body,
     }
 }
