@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod dialects;
 mod echo;
+mod hardening;
 mod harness;
 mod jsonrpc;
 mod lifecycle;

@@ -1,6 +1,6 @@
 //! The http backend in ws2api and SocketDock formats, against a real HTTP application.
 
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -240,10 +240,13 @@ async fn disconnect_notice_arrives_exactly_once_however_the_connection_ends() {
     drop(dropped);
     let _silent = raw_silent_client(hub.ws, "/by-timeout").await;
     hub.wait_for_log("heartbeat timeout").await;
-    // Shutdown: the hub waits for the notices before it exits.
-    let _open = connect(&hub.ws_url("/by-shutdown")).await;
+    // Shutdown: the hub waits for the notices before it exits. This client reads (so it
+    // answers the 50 ms pings) until the hub closes it.
+    let mut open = connect(&hub.ws_url("/by-shutdown")).await;
+    let reader = actix_web::rt::spawn(async move { while let Some(Ok(_)) = open.next().await {} });
     wait_for_connections(&hub, 1).await;
     assert_eq!(hub.terminate().code(), Some(0));
+    reader.await.unwrap();
 
     let received = backend.received();
     assert_eq!(deletes(&received, "by-client"), vec![""]);
