@@ -51,7 +51,7 @@ pub struct RouteContext {
     /// Frames one connection may have waiting for the backend.
     pub max_pending: usize,
     /// Peers whose X-Forwarded-For header is believed.
-    pub trusted_proxies: Arc<[IpAddr]>,
+    pub trusted_proxies: Arc<crate::config::TrustedProxies>,
 }
 
 /// Source of session serials (unique per process).
@@ -238,7 +238,7 @@ fn ip_of(address: &str) -> String {
 
 /// The client's address: the peer, or, when the peer is a trusted proxy, the last
 /// X-Forwarded-For entry that is not itself a trusted proxy.
-fn client_address(req: &HttpRequest, trusted: &[IpAddr]) -> Option<Arc<str>> {
+fn client_address(req: &HttpRequest, trusted: &crate::config::TrustedProxies) -> Option<Arc<str>> {
     let peer = req.peer_addr()?;
     if trusted.contains(&peer.ip()) {
         let entries: Vec<&str> = req
