@@ -2,7 +2,7 @@
 //! is bound. A `Config` that passed [`Config::validate`] is one the server can run with.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -74,8 +74,9 @@ pub struct ServerConfig {
     pub workers: usize,
     /// How long a graceful shutdown waits for every socket to close before it gives up.
     pub shutdown_timeout_ms: u64,
-    /// Reverse proxies (e.g. nginx) whose X-Forwarded-For header gives the client's address.
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Reverse proxies (e.g. nginx) whose X-Forwarded-For header gives the client's address:
+    /// addresses and CIDR ranges.
+    pub trusted_proxies: TrustedProxies,
     /// Most WebSocket connections at once; upgrades beyond it get 503. Unset: the open-files
     /// limit minus a reserve for the push API, backend callouts and the process itself.
     pub max_connections: Option<usize>,
@@ -88,7 +89,7 @@ impl Default for ServerConfig {
             page: true,
             workers: 0,
             shutdown_timeout_ms: 5_000,
-            trusted_proxies: Vec::new(),
+            trusted_proxies: TrustedProxies::default(),
             max_connections: None,
         }
     }
@@ -247,8 +248,19 @@ pub struct BackendConfig {
     pub request_timeout_ms: u64,
     /// Callouts one worker thread may have in flight; more are refused (the client is told).
     pub max_in_flight: usize,
-    /// Frames one connection may have waiting for the backend before it is closed with 1008.
+    /// Frames one connection may have waiting for the backend before it is closed with 1008
+    /// (it also bounds a connection's requests waiting for the authorization hook).
     pub max_pending_per_connection: usize,
+    /// How long the disconnect notice of an ended connection is retried while the backend is
+    /// down or failing; a notice is small and should outlive a short outage.
+    pub notice_retry_ms: u64,
+    /// Disconnect notices kept for retries across all workers; beyond it a failed notice is
+    /// dropped (and logged), so an outage cannot grow memory without bound.
+    pub max_pending_notices: usize,
+    /// Not a key: the largest answer body read from the backend, `limits.max_message_size`
+    /// (copied in when the file is parsed), the same limit client messages have.
+    #[serde(skip)]
+    pub max_answer_size: usize,
 }
 
 impl Default for BackendConfig {
@@ -264,6 +276,9 @@ impl Default for BackendConfig {
             request_timeout_ms: 10_000,
             max_in_flight: 4_096,
             max_pending_per_connection: 64,
+            notice_retry_ms: 300_000,
+            max_pending_notices: 100_000,
+            max_answer_size: LimitsConfig::default().max_message_size,
         }
     }
 }
@@ -377,6 +392,54 @@ impl fmt::Display for Address {
     }
 }
 
+/// The reverse proxies whose X-Forwarded-For header is believed: addresses (`10.1.2.3`, `::1`)
+/// and CIDR ranges (`10.0.0.0/8`, `fd00::/8`), read from strings with an error that names the
+/// entry. A range with host bits set (`10.0.0.1/8`) is refused: it is almost always a typo.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// Parse a list of entries; the error names the first bad one and the expected form.
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
+        entries
+            .iter()
+            .map(|entry| Self::parse_entry(entry.as_ref()))
+            .collect::<Result<Vec<_>, _>>()
+            .map(TrustedProxies)
+    }
+
+    fn parse_entry(entry: &str) -> Result<ipnet::IpNet, String> {
+        let expected = "expected an IP address or a CIDR range such as 10.0.0.0/8 or fd00::/8";
+        if let Ok(ip) = entry.parse::<IpAddr>() {
+            return Ok(ipnet::IpNet::from(ip));
+        }
+        let net: ipnet::IpNet = entry
+            .parse()
+            .map_err(|_| format!("invalid trusted proxy `{entry}`: {expected}"))?;
+        if net.trunc() != net {
+            return Err(format!(
+                "invalid trusted proxy `{entry}`: host bits are set; the range is `{}`",
+                net.trunc()
+            ));
+        }
+        Ok(net)
+    }
+
+    /// Whether `ip` is one of the trusted proxies (an IPv4 peer seen as `::ffff:a.b.c.d` counts
+    /// as its IPv4 address).
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+impl<'de> Deserialize<'de> for TrustedProxies {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let entries = Vec::<String>::deserialize(deserializer)?;
+        TrustedProxies::parse(&entries).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A configuration that could not be read or is not valid; the message names the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -423,10 +486,12 @@ impl Config {
 
     /// Parse a config from TOML text (without validating it); `origin` names the text in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.to_owned(),
             message: e.to_string().trim_end().to_owned(),
-        })
+        })?;
+        config.backend.max_answer_size = config.limits.max_message_size;
+        Ok(config)
     }
 
     /// Parse and validate a config from TOML text; `push.token_file` is read, the environment
@@ -637,18 +702,38 @@ impl Config {
                     "is required when backend.kind = \"http\"".into(),
                 ));
             }
-            if backend.request_timeout_ms == 0 || backend.connect_timeout_ms == 0 {
+            let positive = [
+                ("backend.request_timeout_ms", backend.request_timeout_ms),
+                ("backend.connect_timeout_ms", backend.connect_timeout_ms),
+                ("backend.notice_retry_ms", backend.notice_retry_ms),
+                ("backend.max_in_flight", backend.max_in_flight as u64),
+                (
+                    "backend.max_pending_notices",
+                    backend.max_pending_notices as u64,
+                ),
+            ];
+            for (key, value) in positive {
+                if value == 0 {
+                    return Err(invalid(key, "must be greater than 0".into()));
+                }
+            }
+            if backend.notice_retry_ms < backend.request_timeout_ms {
                 return Err(invalid(
-                    "backend.request_timeout_ms",
-                    "timeouts must be greater than 0".into(),
+                    "backend.notice_retry_ms",
+                    format!(
+                        "{} must be at least backend.request_timeout_ms ({}), or a disconnect notice would get less time than a frame",
+                        backend.notice_retry_ms, backend.request_timeout_ms
+                    ),
                 ));
             }
-            if backend.max_in_flight == 0 || backend.max_pending_per_connection == 0 {
-                return Err(invalid(
-                    "backend.max_in_flight",
-                    "limits must be greater than 0".into(),
-                ));
-            }
+        }
+        // Any backend: it also bounds requests waiting for the authorization hook, and 0 would
+        // close every connection at its first subscribe.
+        if self.backend.max_pending_per_connection == 0 {
+            return Err(invalid(
+                "backend.max_pending_per_connection",
+                "must be greater than 0".into(),
+            ));
         }
         if let Some(url) = &self.authorization.url {
             if !url.starts_with("http://") || url.parse::<awc::http::Uri>().is_err() {
@@ -695,11 +780,16 @@ impl Config {
                     format!("`{path}` collides with the push API on the shared listener"),
                 ));
             }
-            if (route.strict || route.client_publish) && route.dialect != DialectKind::Topics {
-                return Err(invalid(
-                    &format!("routes[{i}].strict"),
-                    "strict and client_publish apply to the topics dialect only".into(),
-                ));
+            for (name, set) in [
+                ("strict", route.strict),
+                ("client_publish", route.client_publish),
+            ] {
+                if set && route.dialect != DialectKind::Topics {
+                    return Err(invalid(
+                        &format!("routes[{i}].{name}"),
+                        "applies to the topics dialect only".into(),
+                    ));
+                }
             }
             if route.xrf_cookie.is_some() && route.dialect != DialectKind::Groups {
                 return Err(invalid(
@@ -896,6 +986,90 @@ mod tests {
         assert!(err.to_string().contains("backend.url"), "{err}");
         let err = check("[backend]\nkind = \"http\"\nurl = \"ftp://x\"\n").unwrap_err();
         assert!(err.to_string().contains("backend.url"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_ranges() {
+        let trusted = TrustedProxies::parse(&["10.0.0.0/8", "fd00::/8", "192.0.2.7"]).unwrap();
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert!(trusted.contains(&ip("10.200.3.4")));
+        assert!(trusted.contains(&ip("fd12::1")));
+        assert!(trusted.contains(&ip("192.0.2.7")));
+        assert!(
+            trusted.contains(&ip("::ffff:10.1.1.1")),
+            "an IPv4-mapped peer"
+        );
+        assert!(!trusted.contains(&ip("11.0.0.1")));
+        assert!(!trusted.contains(&ip("192.0.2.8")));
+        assert!(!trusted.contains(&ip("fe80::1")));
+        assert!(!TrustedProxies::default().contains(&ip("127.0.0.1")));
+    }
+
+    #[test]
+    fn bad_trusted_proxies_are_named() {
+        for (entry, needle) in [
+            ("10.0.0.0/33", "10.0.0.0/33"),
+            ("nginx", "nginx"),
+            ("10.0.0.1/8", "the range is `10.0.0.0/8`"),
+        ] {
+            let err = check(&format!("[server]\ntrusted_proxies = [\"{entry}\"]\n")).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("trusted_proxies") && text.contains(needle),
+                "{text}"
+            );
+        }
+        let config = check("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n").unwrap();
+        assert!(config
+            .server
+            .trusted_proxies
+            .contains(&"::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn every_message_names_the_key_it_checks() {
+        let http = "[backend]\nkind = \"http\"\nurl = \"http://127.0.0.1:1/\"\n";
+        for (extra, key) in [
+            ("request_timeout_ms = 0", "backend.request_timeout_ms"),
+            ("connect_timeout_ms = 0", "backend.connect_timeout_ms"),
+            ("max_in_flight = 0", "backend.max_in_flight"),
+            (
+                "max_pending_per_connection = 0",
+                "backend.max_pending_per_connection",
+            ),
+            ("notice_retry_ms = 0", "backend.notice_retry_ms"),
+            ("notice_retry_ms = 5000", "backend.notice_retry_ms"),
+            ("max_pending_notices = 0", "backend.max_pending_notices"),
+        ] {
+            let err = check(&format!("{http}{extra}\n")).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("`{key}`")),
+                "{extra}: {err}"
+            );
+        }
+        // Whatever the backend: it also bounds requests waiting for the authorization hook.
+        let err = check("[backend]\nmax_pending_per_connection = 0\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`backend.max_pending_per_connection`"),
+            "{err}"
+        );
+        let err = check("[[routes]]\npath = \"/x\"\ndialect = \"raw\"\nclient_publish = true\n")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("`routes[0].client_publish`"),
+            "{err}"
+        );
+        let err =
+            check("[[routes]]\npath = \"/x\"\ndialect = \"raw\"\nstrict = true\n").unwrap_err();
+        assert!(err.to_string().contains("`routes[0].strict`"), "{err}");
+    }
+
+    #[test]
+    fn answers_are_capped_at_max_message_size() {
+        let config = check("[limits]\nmax_message_size = 4096\n").unwrap();
+        assert_eq!(config.backend.max_answer_size, 4096);
+        assert_eq!(check("").unwrap().backend.notice_retry_ms, 300_000);
     }
 
     #[test]

@@ -167,7 +167,7 @@ pub async fn run(
                 hub: hub.clone(),
                 client_ids: route.path.contains("{id}"),
                 max_pending: config.backend.max_pending_per_connection,
-                trusted_proxies: Arc::from(config.server.trusted_proxies.as_slice()),
+                trusted_proxies: Arc::new(config.server.trusted_proxies.clone()),
             })
         })
         .collect();

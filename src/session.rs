@@ -14,7 +14,6 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashSet, VecDeque};
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -67,7 +66,7 @@ pub struct RouteContext {
     /// Frames one connection may have waiting for the backend.
     pub max_pending: usize,
     /// Peers whose X-Forwarded-For header is believed.
-    pub trusted_proxies: Arc<[IpAddr]>,
+    pub trusted_proxies: Arc<crate::config::TrustedProxies>,
 }
 
 /// Source of session serials (unique per process).

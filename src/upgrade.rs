@@ -27,6 +27,7 @@ use crate::backend::authorizer::Authorizer;
 use crate::backend::http::Check;
 use crate::backend::Backend;
 use crate::channel::Frame;
+use crate::config::TrustedProxies;
 use crate::connection::ConnectionId;
 use crate::session::{self, RouteContext, SessionSetup};
 
@@ -140,7 +141,7 @@ fn ip_of(address: &str) -> String {
 pub(crate) fn client_address(
     peer: Option<SocketAddr>,
     headers: &HeaderMap,
-    trusted: &[IpAddr],
+    trusted: &TrustedProxies,
 ) -> Option<Arc<str>> {
     let peer = peer?;
     if trusted.contains(&peer.ip()) {
@@ -472,7 +473,7 @@ mod tests {
             HeaderValue::from_static("6.6.6.6, 10.0.0.9, 10.0.0.2"),
         );
         let proxy: SocketAddr = "10.0.0.2:4000".parse().unwrap();
-        let trusted: Vec<IpAddr> = vec!["10.0.0.2".parse().unwrap()];
+        let trusted = TrustedProxies::parse(&["10.0.0.0/30"]).unwrap();
         assert_eq!(
             client_address(Some(proxy), &headers, &trusted).as_deref(),
             Some("10.0.0.9")

@@ -1,7 +1,8 @@
 //! The connect hook of a route (`accept_url`): before the upgrade, the application sees the
 //! handshake and decides. A 2xx admits the client, and its non-empty body becomes the client's
 //! first frame (AWX sends `{"accept": true, "user": id}`); 401 and 403 refuse the handshake with
-//! that status; anything else (or no answer) is 502.
+//! that status; anything else (or no answer) is 502. The whole call, answer body included,
+//! finishes within [`ADMISSION_TIMEOUT`], and the answer is read up to [`ADMISSION_ANSWER_LIMIT`].
 
 use std::time::Duration;
 
@@ -9,10 +10,13 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use serde_json::Value;
 
+use super::read_answer;
 use crate::channel::Frame;
 
-/// How long the connect hook may take.
+/// How long the connect hook may take, answer body included.
 const ADMISSION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest answer read (it becomes the client's first frame, e.g. AWX's small accept object).
+const ADMISSION_ANSWER_LIMIT: usize = 64 * 1024;
 
 /// Upgrade handler -> admission: may this handshake proceed?
 #[derive(Message)]
@@ -51,7 +55,7 @@ impl Handler<Admit> for Admission {
 
     fn handle(&mut self, msg: Admit, _: &mut Context<Self>) -> Self::Result {
         let request = self.client.post(&msg.url).send_json(&msg.handshake);
-        Box::pin(async move {
+        let exchange = async move {
             let mut response = request.await.map_err(|e| {
                 log::warn!("connect hook {}: {e}", msg.url);
                 502u16
@@ -64,7 +68,12 @@ impl Handler<Admit> for Admission {
                 log::warn!("connect hook {}: answered {status}", msg.url);
                 return Err(502);
             }
-            let body = response.body().limit(64 * 1024).await.map_err(|_| 502u16)?;
+            let body = read_answer(&mut response, ADMISSION_ANSWER_LIMIT)
+                .await
+                .map_err(|e| {
+                    log::warn!("connect hook {}: {e}", msg.url);
+                    502u16
+                })?;
             if body.is_empty() {
                 return Ok(None);
             }
@@ -72,6 +81,14 @@ impl Handler<Admit> for Admission {
                 Ok(text) => Frame::Text(text),
                 Err(_) => Frame::Binary(body),
             }))
+        };
+        Box::pin(async move {
+            actix_web::rt::time::timeout(ADMISSION_TIMEOUT, exchange)
+                .await
+                .unwrap_or_else(|_| {
+                    log::warn!("connect hook: no complete answer within {ADMISSION_TIMEOUT:?}");
+                    Err(502)
+                })
         })
     }
 }

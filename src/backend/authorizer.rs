@@ -1,5 +1,7 @@
 //! The subscription authorization hook: one actor per worker thread that asks the application
-//! which channels a connection may join, caching answers for `authorization.cache_ms`.
+//! which channels a connection may join, caching answers for `authorization.cache_ms`. The whole
+//! question, answer body included, finishes within `authorization.timeout_ms`, and the answer is
+//! read up to [`ANSWER_LIMIT`].
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -7,12 +9,15 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use serde_json::{json, Value};
 
+use super::read_answer;
 use crate::config::AuthorizationConfig;
 use crate::connection::ConnectionId;
 
 /// Past this many cached answers, expired ones are swept out (at most once per TTL); while the
 /// cache is still this full, new answers are not cached, so memory stays bounded.
 const CACHE_CAP: usize = 100_000;
+/// Largest answer read: a list of channel names (the default `limits.max_message_size`).
+const ANSWER_LIMIT: usize = 1024 * 1024;
 
 /// Session -> authorizer: which of these channels (or topic prefixes) may `id` join?
 #[derive(Message)]
@@ -33,6 +38,8 @@ pub struct Authorize {
 pub struct Authorizer {
     client: awc::Client,
     url: String,
+    /// Deadline for one question, answer body included.
+    timeout: Duration,
     ttl: Duration,
     cache: HashMap<(u64, String), (bool, Instant)>,
     /// When the cache was last swept.
@@ -55,6 +62,7 @@ impl Authorizer {
             Authorizer {
                 client,
                 url,
+                timeout: Duration::from_millis(config.timeout_ms),
                 ttl: Duration::from_millis(config.cache_ms),
                 cache: HashMap::new(),
                 swept: Instant::now(),
@@ -95,21 +103,30 @@ impl Handler<Authorize> for Authorizer {
         let url = self.url.clone();
         let id = msg.id;
         let serial = msg.serial;
+        let timeout = self.timeout;
+        let exchange = async move {
+            let mut response = request.await.map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(format!("answered {}", response.status()));
+            }
+            let body = read_answer(&mut response, ANSWER_LIMIT)
+                .await
+                .map_err(|e| e.to_string())?;
+            let answer: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            Ok(answer["allowed"]
+                .as_array()
+                .map(|list| {
+                    list.iter()
+                        .filter_map(|c| c.as_str().map(str::to_owned))
+                        .collect::<HashSet<String>>()
+                })
+                .unwrap_or_default())
+        };
         Box::pin(
             async move {
-                let mut response = request.await.map_err(|e| e.to_string())?;
-                if !response.status().is_success() {
-                    return Err(format!("answered {}", response.status()));
-                }
-                let answer: Value = response.json().await.map_err(|e| e.to_string())?;
-                Ok(answer["allowed"]
-                    .as_array()
-                    .map(|list| {
-                        list.iter()
-                            .filter_map(|c| c.as_str().map(str::to_owned))
-                            .collect::<HashSet<String>>()
-                    })
-                    .unwrap_or_default())
+                actix_web::rt::time::timeout(timeout, exchange)
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no complete answer within {timeout:?}")))
             }
             .into_actor(self)
             .map(move |result: Result<HashSet<String>, String>, act, _| {

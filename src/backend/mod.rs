@@ -41,3 +41,52 @@ impl Backend {
         }
     }
 }
+
+/// Why an answer body from the application was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    /// The answer is larger than the hub relays (announced by Content-Length, or counted while
+    /// reading a body without one).
+    #[error("answer {} is larger than the limit of {limit} bytes", announced.map_or_else(|| "body".to_owned(), |n| format!("of {n} bytes")))]
+    TooLarge {
+        /// What Content-Length announced, when it was the header that told.
+        announced: Option<u64>,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The body could not be read (connection closed mid-body, malformed chunking).
+    #[error("reading the answer: {0}")]
+    Read(awc::error::PayloadError),
+}
+
+/// Read a whole answer body of at most `limit` bytes. An announced Content-Length over the
+/// limit is refused before a byte of the body is read. There is no deadline here: callers
+/// bound the whole callout, body included, with one timeout.
+pub async fn read_answer<S>(
+    response: &mut awc::ClientResponse<S>,
+    limit: usize,
+) -> Result<bytes::Bytes, AnswerError>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
+{
+    let announced = response
+        .headers()
+        .get(awc::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(length) = announced {
+        if length > limit as u64 {
+            return Err(AnswerError::TooLarge {
+                announced: Some(length),
+                limit,
+            });
+        }
+    }
+    response.body().limit(limit).await.map_err(|e| match e {
+        awc::error::PayloadError::Overflow => AnswerError::TooLarge {
+            announced: None,
+            limit,
+        },
+        other => AnswerError::Read(other),
+    })
+}

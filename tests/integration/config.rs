@@ -44,6 +44,38 @@ fn bad_configs_name_the_key() {
         &[],
         &["smoke-signals"],
     );
+    // Refused with any backend: 0 would close every connection at its first `subscribe`.
+    refused(
+        &format!("{listen}[backend]\nmax_pending_per_connection = 0\n"),
+        &[],
+        &["`backend.max_pending_per_connection`", "greater than 0"],
+    );
+    let http = format!("{listen}[backend]\nkind = \"http\"\nurl = \"http://127.0.0.1:1/\"\n");
+    refused(
+        &format!("{http}connect_timeout_ms = 0\n"),
+        &[],
+        &["`backend.connect_timeout_ms`"],
+    );
+    refused(
+        &format!("{http}max_pending_per_connection = 0\n"),
+        &[],
+        &["`backend.max_pending_per_connection`"],
+    );
+    refused(
+        &format!("{http}max_pending_notices = 0\n"),
+        &[],
+        &["`backend.max_pending_notices`"],
+    );
+    refused(
+        &format!("{listen}[[routes]]\npath = \"/x\"\ndialect = \"raw\"\nclient_publish = true\n"),
+        &[],
+        &["`routes[0].client_publish`"],
+    );
+    refused(
+        "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+        &[],
+        &["trusted_proxies", "10.0.0.0/33"],
+    );
     refused(&listen, &["--listen", "localhost"], &["--listen"]);
     refused(&listen, &["--log-level", "loud"], &["log.level"]);
     drop(held);

@@ -1,10 +1,12 @@
 //! A real HTTP application for the relay tests: an actix-web server on a free port, in its own
 //! thread, that records every request and answers by a small script keyed on the path and body.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use futures_util::stream;
 
 /// One request the application received.
 #[derive(Debug, Clone)]
@@ -14,6 +16,10 @@ pub struct Received {
     pub content_type: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Answered 503 because the application was in an outage ([`MockBackend::set_outage`]).
+    pub failed: bool,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 impl Received {
@@ -36,22 +42,47 @@ impl Received {
 /// The running mock application.
 pub struct MockBackend {
     pub addr: std::net::SocketAddr,
-    received: Arc<Mutex<Vec<Received>>>,
+    state: Arc<State>,
     server: actix_web::dev::ServerHandle,
+}
+
+/// The shared state of the script.
+struct State {
+    received: Mutex<Vec<Received>>,
+    outage: Arc<AtomicBool>,
+}
+
+/// A body that sends `first`, then nothing for 20 s, then `rest`: an answer that trickles.
+fn trickle(
+    first: &'static [u8],
+    rest: &'static [u8],
+) -> impl futures_util::Stream<Item = Result<web::Bytes, std::io::Error>> {
+    stream::unfold(0u8, move |step| async move {
+        match step {
+            0 => Some((Ok(web::Bytes::from_static(first)), 1)),
+            1 => {
+                actix_web::rt::time::sleep(Duration::from_secs(20)).await;
+                Some((Ok(web::Bytes::from_static(rest)), 2))
+            }
+            _ => None,
+        }
+    })
 }
 
 /// The script:
 /// - `GET /api/{id}`: `ok`, except ids starting `deny` (body `no`) and `broken` (500).
+///   `GET /api/slowbody-*`: `ok`, but the `k` comes 20 s after the `o`.
 /// - `POST /api/{id}`: body `silent` -> empty answer; `slow` -> answers after 3 s;
-///   `fail` -> 500; otherwise the body echoed back prefixed with `re:` (bytes kept as sent).
-/// - `DELETE /api/{id}` and `POST /sd/...`: 200, empty.
+///   `fail` -> 500; `slow-body` -> the answer's head and `re:` at once, the rest after 20 s;
+///   `huge:N` -> N bytes of `x`, chunked (no Content-Length); `announce-huge` -> a head that
+///   announces 10 MiB, then nothing; otherwise the body echoed back prefixed with `re:`.
+/// - `DELETE /api/{id}` and `POST /sd/...`: 200, empty; a SocketDock message `slow` answers
+///   after 3 s.
+/// - During an outage ([`MockBackend::set_outage`]) every request is answered 503.
 /// - `POST /accept`: 200 `{"accept": true, "user": 42}` for a `sessionid=good` cookie, else 403.
 /// - `POST /auth`: `{"allowed": [...]}`, every asked channel without `secret` in its name.
-async fn script(
-    req: HttpRequest,
-    body: web::Bytes,
-    received: web::Data<Mutex<Vec<Received>>>,
-) -> HttpResponse {
+async fn script(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
+    let failed = state.outage.load(Ordering::SeqCst);
     let record = Received {
         method: req.method().to_string(),
         path: req.path().to_owned(),
@@ -67,8 +98,20 @@ async fn script(
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
             .collect(),
         body: body.to_vec(),
+        failed,
+        at: Instant::now(),
     };
-    received.lock().unwrap().push(record.clone());
+    state.received.lock().unwrap().push(record.clone());
+    if failed {
+        return HttpResponse::ServiceUnavailable().finish();
+    }
+    if record.path == "/sd/message" {
+        let message: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if message["message"] == "slow" {
+            actix_web::rt::time::sleep(Duration::from_secs(3)).await;
+        }
+        return HttpResponse::Ok().finish();
+    }
     if record.path == "/accept" {
         let asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let cookie = asked["headers"]["cookie"].as_str().unwrap_or_default();
@@ -93,8 +136,20 @@ async fn script(
     match (record.method.as_str(), record.path.starts_with("/api/")) {
         ("GET", true) if id.starts_with("deny") => HttpResponse::Ok().body("no"),
         ("GET", true) if id.starts_with("broken") => HttpResponse::InternalServerError().finish(),
+        ("GET", true) if id.starts_with("slowbody") => {
+            HttpResponse::Ok().streaming(trickle(b"o", b"k"))
+        }
         ("GET", true) => HttpResponse::Ok().body("ok"),
+        ("POST", true) if body.starts_with(b"huge:") => {
+            let n: usize = std::str::from_utf8(&body[5..]).unwrap().parse().unwrap();
+            let chunks = vec![Ok::<_, std::io::Error>(web::Bytes::from(vec![b'x'; n]))];
+            HttpResponse::Ok().streaming(stream::iter(chunks))
+        }
         ("POST", true) => match &body[..] {
+            b"slow-body" => HttpResponse::Ok().streaming(trickle(b"re:", b"late")),
+            b"announce-huge" => HttpResponse::Ok()
+                .no_chunking(10 * 1024 * 1024)
+                .streaming(stream::pending::<Result<web::Bytes, std::io::Error>>()),
             b"silent" => HttpResponse::Ok().finish(),
             b"fail" => HttpResponse::InternalServerError().finish(),
             b"slow" => {
@@ -113,8 +168,18 @@ async fn script(
 
 impl MockBackend {
     pub fn start() -> Self {
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let data = web::Data::from(received.clone());
+        Self::start_on("127.0.0.1:0")
+    }
+
+    /// Start on a given address (an application that comes up where the hub expects it).
+    pub fn start_on(addr: &str) -> Self {
+        let outage = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(State {
+            received: Mutex::new(Vec::new()),
+            outage,
+        });
+        let data = web::Data::from(state.clone());
+        let addr = addr.to_owned();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
@@ -125,7 +190,7 @@ impl MockBackend {
                 })
                 .workers(1)
                 .disable_signals()
-                .bind("127.0.0.1:0")
+                .bind(addr)
                 .unwrap();
                 let addr = server.addrs()[0];
                 let server = server.run();
@@ -138,9 +203,14 @@ impl MockBackend {
             .expect("mock backend start");
         Self {
             addr,
-            received,
+            state,
             server,
         }
+    }
+
+    /// Start or end an outage: while it lasts, every request is answered 503.
+    pub fn set_outage(&self, on: bool) {
+        self.state.outage.store(on, Ordering::SeqCst);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -148,7 +218,7 @@ impl MockBackend {
     }
 
     pub fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
+        self.state.received.lock().unwrap().clone()
     }
 
     /// Wait for the first request to `path` and return its body as JSON.

@@ -460,6 +460,10 @@ async fn socketdock_flow_from_config_alone() {
         .collect();
     assert_eq!(notices.len(), 1);
     assert_eq!(notices[0].json(), json!({"connection_id": id}));
+    // Both notices name themselves, so an application can drop a copy it already processed.
+    let connect_id = one_notice_id(&tries(&received, "POST", "/sd/connect"));
+    assert_eq!(connect_id.len(), 32);
+    assert_ne!(one_notice_id(&notices), connect_id);
 }
 
 #[actix_web::test]
@@ -543,4 +547,327 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     assert_eq!(remote_seen_by_backend("\"127.0.0.1\"").await, "203.0.113.9");
     // Nobody trusted: the header is ignored and the peer address is used.
     assert!(remote_seen_by_backend("").await.starts_with("127.0.0.1:"));
+}
+
+#[actix_web::test]
+async fn forwarded_for_is_believed_from_trusted_ranges() {
+    // A range holding the peer 127.0.0.1 is trusted like the address itself.
+    assert_eq!(
+        remote_seen_by_backend("\"127.0.0.0/8\"").await,
+        "203.0.113.9"
+    );
+    // Ranges that do not hold the peer: the header is ignored.
+    assert!(remote_seen_by_backend("\"10.0.0.0/8\", \"fd00::/8\"")
+        .await
+        .starts_with("127.0.0.1:"));
+}
+
+/// The tries the application saw of the disconnect notice at `path`.
+fn tries<'a>(received: &'a [Received], method: &str, path: &str) -> Vec<&'a Received> {
+    received
+        .iter()
+        .filter(|r| r.method == method && r.path == path)
+        .collect()
+}
+
+/// The notice id every try of one notice carries; asserts it is the same on all of them.
+fn one_notice_id(tries: &[&Received]) -> String {
+    let ids: std::collections::BTreeSet<&str> = tries
+        .iter()
+        .map(|r| {
+            r.header("switchboard-notice-id")
+                .expect("a notice id header")
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "one id on every try: {ids:?}");
+    ids.into_iter().next().unwrap().to_owned()
+}
+
+#[actix_web::test]
+async fn disconnect_notices_outlive_a_backend_outage() {
+    // ws2api, the application answering 503 for longer than request_timeout_ms.
+    let backend = MockBackend::start();
+    let config = ws2api_config(&backend, "").replace(
+        "request_timeout_ms = 1500",
+        "request_timeout_ms = 300\nnotice_retry_ms = 60000",
+    );
+    let hub = start(&config);
+    let ids = ["gone-1", "gone-2", "gone-3"];
+    let mut clients = Vec::new();
+    for id in ids {
+        clients.push(connect(&hub.ws_url(&format!("/{id}"))).await);
+    }
+    wait_for_connections(&hub, ids.len()).await;
+    backend.set_outage(true);
+    for (i, client) in clients.iter_mut().enumerate() {
+        client
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: code(1000),
+                reason: format!("bye {i}").into(),
+            }))
+            .await
+            .unwrap();
+    }
+    // Each notice is still tried after request_timeout_ms has passed.
+    backend
+        .wait_for("notices tried past request_timeout_ms", |r| {
+            ids.iter().all(|id| {
+                let tries = tries(r, "DELETE", &format!("/api/{id}"));
+                tries.len() >= 2
+                    && tries[tries.len() - 1].at - tries[0].at
+                        > std::time::Duration::from_millis(300)
+            })
+        })
+        .await;
+    for id in ids {
+        hub.wait_for_log(&format!("id={id} disconnect notice still not delivered"))
+            .await;
+    }
+    backend.set_outage(false);
+    let received = backend
+        .wait_for("every notice delivered after the outage", |r| {
+            ids.iter().all(|id| {
+                tries(r, "DELETE", &format!("/api/{id}"))
+                    .iter()
+                    .any(|t| !t.failed)
+            })
+        })
+        .await;
+    let mut notice_ids = std::collections::BTreeSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        let tries = tries(&received, "DELETE", &format!("/api/{id}"));
+        let delivered: Vec<String> = tries
+            .iter()
+            .filter(|t| !t.failed)
+            .map(|t| t.text())
+            .collect();
+        assert_eq!(delivered, vec![format!("bye {i}")], "{id}: delivered once");
+        notice_ids.insert(one_notice_id(&tries));
+    }
+    assert_eq!(notice_ids.len(), ids.len(), "each notice has its own id");
+
+    // SocketDock, the application down altogether (nothing listening) and started later.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = format!(
+        "[server]\npage = false\n[backend]\nkind = \"http\"\nformat = \"socketdock\"\nurl = \"http://{addr}/sd/message\"\ndisconnect_url = \"http://{addr}/sd/disconnect\"\nrequest_timeout_ms = 300\nnotice_retry_ms = 60000\n[[routes]]\npath = \"/ws\"\ndialect = \"raw\"\n"
+    );
+    let hub = start(&config);
+    let mut first = connect(&hub.ws_url("/ws")).await;
+    let mut second = connect(&hub.ws_url("/ws")).await;
+    let ids = wait_for_connections(&hub, 2).await;
+    first.close(None).await.unwrap();
+    second.close(None).await.unwrap();
+    for id in &ids {
+        hub.wait_for_log(&format!("id={id} disconnect notice still not delivered"))
+            .await;
+    }
+    let backend = MockBackend::start_on(&addr.to_string());
+    let received = backend
+        .wait_for("both notices once the application is up", |r| {
+            tries(r, "POST", "/sd/disconnect").len() == 2
+        })
+        .await;
+    let mut told: Vec<String> = tries(&received, "POST", "/sd/disconnect")
+        .iter()
+        .map(|r| r.json()["connection_id"].as_str().unwrap().to_owned())
+        .collect();
+    told.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(told, expected);
+    for notice in tries(&received, "POST", "/sd/disconnect") {
+        one_notice_id(&[notice]);
+    }
+}
+
+#[actix_web::test]
+async fn undelivered_notices_are_bounded_and_dropped_with_a_warning() {
+    let backend = MockBackend::start();
+    // At most one notice kept for retries.
+    let config = ws2api_config(&backend, "").replace(
+        "request_timeout_ms = 1500",
+        "request_timeout_ms = 300\nnotice_retry_ms = 60000\nmax_pending_notices = 1",
+    );
+    let hub = start(&config);
+    let mut kept = connect(&hub.ws_url("/kept-1")).await;
+    let mut over = connect(&hub.ws_url("/over-1")).await;
+    wait_for_connections(&hub, 2).await;
+    backend.set_outage(true);
+    kept.close(None).await.unwrap();
+    backend
+        .wait_for("a retry of the first notice", |r| {
+            tries(r, "DELETE", "/api/kept-1").len() >= 2
+        })
+        .await;
+    over.close(None).await.unwrap();
+    hub.wait_for_log("id=over-1 disconnect notice dropped")
+        .await;
+    let log = hub.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("id=over-1 disconnect notice dropped"))
+        .unwrap();
+    assert!(
+        line.contains("backend.max_pending_notices (1)")
+            && line.contains("1 notice(s) dropped since start"),
+        "{line}"
+    );
+    backend.set_outage(false);
+    backend
+        .wait_for("the kept notice delivered", |r| {
+            tries(r, "DELETE", "/api/kept-1").iter().any(|t| !t.failed)
+        })
+        .await;
+    assert!(
+        tries(&backend.received(), "DELETE", "/api/over-1")
+            .iter()
+            .all(|t| t.failed),
+        "the dropped notice is not sent again"
+    );
+
+    // A notice still undelivered when notice_retry_ms has passed is dropped.
+    let config = ws2api_config(&backend, "").replace(
+        "request_timeout_ms = 1500",
+        "request_timeout_ms = 300\nnotice_retry_ms = 600",
+    );
+    let hub = start(&config);
+    let mut client = connect(&hub.ws_url("/expire-1")).await;
+    wait_for_connections(&hub, 1).await;
+    backend.set_outage(true);
+    client.close(None).await.unwrap();
+    hub.wait_for_log("id=expire-1 disconnect notice dropped")
+        .await;
+    assert!(
+        hub.log().contains("backend.notice_retry_ms = 600"),
+        "{}",
+        hub.log()
+    );
+    backend.set_outage(false);
+}
+
+#[actix_web::test]
+async fn a_slowly_sent_answer_is_bounded_by_the_request_timeout() {
+    let backend = MockBackend::start();
+    let config = ws2api_config(&backend, "")
+        .replace("request_timeout_ms = 1500", "request_timeout_ms = 500");
+    let hub = start(&config);
+    // The answer's head comes at once, its body 20 s later.
+    let mut ws = connect(&hub.ws_url("/trickle-1")).await;
+    ws.send(Message::Text("slow-body".into())).await.unwrap();
+    assert_eq!(
+        expect_close(&mut ws).await,
+        (1013, "backend unavailable".to_owned())
+    );
+    let received = backend
+        .wait_for("the DELETE", |r| !deletes(r, "trickle-1").is_empty())
+        .await;
+    assert_eq!(deletes(&received, "trickle-1"), vec!["backend unavailable"]);
+    // The connect check's answer too: a check that does not finish in time is 502.
+    let check = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(hub.ws_url("/slowbody-1")),
+    )
+    .await
+    .expect("the connect check is bounded by request_timeout_ms");
+    match check {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 502)
+        }
+        other => panic!("expected 502, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[actix_web::test]
+async fn answers_larger_than_max_message_size_are_not_relayed() {
+    let backend = MockBackend::start();
+    let config = ws2api_config(&backend, "max_message_size = 1024")
+        .replace("request_timeout_ms = 1500", "request_timeout_ms = 5000");
+    let hub = start(&config);
+    let mut ws = connect(&hub.ws_url("/big-1")).await;
+    ws.send(Message::Text("huge:1024".into())).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::Text("x".repeat(1024)));
+    ws.send(Message::Text("huge:1025".into())).await.unwrap();
+    assert_eq!(
+        expect_close(&mut ws).await,
+        (
+            1011,
+            "backend answer larger than max_message_size".to_owned()
+        )
+    );
+    // An announced Content-Length over the limit is refused before the body is read: the
+    // client hears at once, not at the 5 s deadline.
+    let mut ws = connect(&hub.ws_url("/big-2")).await;
+    let sent = std::time::Instant::now();
+    ws.send(Message::Text("announce-huge".into()))
+        .await
+        .unwrap();
+    assert_eq!(expect_close(&mut ws).await.0, 1011);
+    assert!(sent.elapsed() < std::time::Duration::from_secs(4));
+    hub.wait_for_log("id=big-2 backend callout failed").await;
+    assert!(
+        hub.log()
+            .contains("answer of 10485760 bytes is larger than the limit of 1024 bytes"),
+        "{}",
+        hub.log()
+    );
+}
+
+#[actix_web::test]
+async fn a_connect_notice_dropped_on_overload_is_logged_and_counted() {
+    let backend = MockBackend::start();
+    let config = socketdock_config(&backend)
+        .replace("[server]", "[server]\nworkers = 1")
+        .replace(
+            "[backend]",
+            "[backend]\nmax_in_flight = 1\nrequest_timeout_ms = 5000",
+        );
+    let hub = start(&config);
+    let mut busy = connect(&hub.ws_url("/ws")).await;
+    let first = backend.first_json("/sd/connect").await["meta"]["connection_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    busy.send(Message::Text("slow".into())).await.unwrap();
+    backend
+        .wait_for("the slow message", |r| {
+            r.iter().any(|r| r.path == "/sd/message")
+        })
+        .await;
+    let mut refused = connect(&hub.ws_url("/ws")).await;
+    assert_eq!(
+        expect_close(&mut refused).await,
+        (
+            1013,
+            "backend overloaded: too many requests in flight".to_owned()
+        )
+    );
+    hub.wait_for_log("connect notice dropped").await;
+    let log = hub.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("connect notice dropped"))
+        .unwrap();
+    assert!(line.contains("1 notice(s) dropped since start"), "{line}");
+    let id = line
+        .split("id=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap();
+    assert_eq!(id.len(), 32, "{line}");
+    assert_ne!(id, first);
+    let connects: Vec<String> = backend
+        .received()
+        .iter()
+        .filter(|r| r.path == "/sd/connect")
+        .map(|r| {
+            r.json()["meta"]["connection_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(connects, vec![first], "the dropped notice was never sent");
 }
