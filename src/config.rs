@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::channel::MAX_CHANNEL_LEN;
 use crate::dialect::DialectKind;
+use crate::hub::SubscriptionLimits;
 use crate::origin::{HostPolicy, OriginPolicy, PatternError};
 
 /// The whole configuration file. Every section is optional; a missing section takes its defaults.
@@ -196,6 +198,14 @@ pub struct LimitsConfig {
     pub heartbeat_timeout_ms: u64,
     /// Channels plus topic prefixes one connection may hold (bounds the hub's memory).
     pub max_subscriptions: usize,
+    /// Bytes of channel names plus topic prefixes one connection may hold: with
+    /// `max_subscriptions` it bounds what one connection's subscriptions cost the hub.
+    pub max_subscription_bytes: usize,
+    /// Distinct channels plus distinct topic prefixes the hub holds for all connections: bounds
+    /// the channel index however many connections there are.
+    pub max_channels: usize,
+    /// Calls one JSON-RPC batch may hold; a longer batch gets one -32600 error.
+    pub max_batch: usize,
 }
 
 impl Default for LimitsConfig {
@@ -209,6 +219,9 @@ impl Default for LimitsConfig {
             heartbeat_interval_ms: 10_000,
             heartbeat_timeout_ms: 30_000,
             max_subscriptions: 1_024,
+            max_subscription_bytes: 64 * 1024,
+            max_channels: 100_000,
+            max_batch: crate::dialect::jsonrpc::DEFAULT_MAX_BATCH,
         }
     }
 }
@@ -222,6 +235,15 @@ impl LimitsConfig {
     /// The silence timeout as a `Duration`.
     pub fn heartbeat_timeout(&self) -> Duration {
         Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+
+    /// The hub's subscription limits.
+    pub fn subscriptions(&self) -> SubscriptionLimits {
+        SubscriptionLimits {
+            per_connection: self.max_subscriptions,
+            bytes_per_connection: self.max_subscription_bytes,
+            channels: self.max_channels,
+        }
     }
 }
 
@@ -621,6 +643,29 @@ impl Config {
             return Err(invalid(
                 "limits.max_subscriptions",
                 "must be greater than 0".into(),
+            ));
+        }
+        if limits.max_subscription_bytes < MAX_CHANNEL_LEN
+            || limits.max_subscription_bytes > 1 << 30
+        {
+            return Err(invalid(
+                "limits.max_subscription_bytes",
+                format!(
+                    "{} is out of range {MAX_CHANNEL_LEN}..=1073741824 (at least one channel name of the longest kind must fit)",
+                    limits.max_subscription_bytes
+                ),
+            ));
+        }
+        if limits.max_channels == 0 || limits.max_channels > 1 << 32 {
+            return Err(invalid(
+                "limits.max_channels",
+                format!("{} is out of range 1..=4294967296", limits.max_channels),
+            ));
+        }
+        if limits.max_batch == 0 || limits.max_batch > 10_000 {
+            return Err(invalid(
+                "limits.max_batch",
+                format!("{} is out of range 1..=10000", limits.max_batch),
             ));
         }
         if self.server.workers > 256 {
@@ -1081,5 +1126,47 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("collides"), "{err}");
+    }
+
+    #[test]
+    fn subscription_and_batch_limits_have_defaults_and_ranges() {
+        let limits = check("").unwrap().limits;
+        assert_eq!(
+            (
+                limits.max_subscription_bytes,
+                limits.max_channels,
+                limits.max_batch
+            ),
+            (65_536, 100_000, 100)
+        );
+        assert_eq!(
+            limits.subscriptions(),
+            SubscriptionLimits {
+                per_connection: 1_024,
+                bytes_per_connection: 65_536,
+                channels: 100_000,
+            }
+        );
+        for (text, key) in [
+            (
+                "max_subscription_bytes = 255",
+                "limits.max_subscription_bytes",
+            ),
+            (
+                "max_subscription_bytes = 1073741825",
+                "limits.max_subscription_bytes",
+            ),
+            ("max_channels = 0", "limits.max_channels"),
+            ("max_batch = 0", "limits.max_batch"),
+            ("max_batch = 10001", "limits.max_batch"),
+        ] {
+            let err = check(&format!("[limits]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let err = check("[limits]\nmax_batchs = 5\n").unwrap_err().to_string();
+        assert!(err.contains("max_batchs"), "{err}");
+        check("[limits]\nmax_subscription_bytes = 256\nmax_channels = 1\nmax_batch = 1\n").unwrap();
     }
 }

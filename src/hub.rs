@@ -137,8 +137,52 @@ pub enum OpOutcome {
     NotSubscribed(ChannelName),
     /// The connection is not (or no longer) registered.
     UnknownConnection,
-    /// The connection holds `limits.max_subscriptions` channels and prefixes already.
-    LimitReached(usize),
+    /// The operation would take the connection or the hub past a subscription limit.
+    LimitReached(SubscriptionLimit),
+}
+
+/// Which subscription limit refused an operation, with its configured value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionLimit {
+    /// `limits.max_subscriptions`: channels plus prefixes one connection may hold.
+    Count(usize),
+    /// `limits.max_subscription_bytes`: bytes of channel names plus prefixes one connection may
+    /// hold.
+    Bytes(usize),
+    /// `limits.max_channels`: distinct channels plus distinct prefixes the hub holds.
+    Channels(usize),
+}
+
+impl std::fmt::Display for SubscriptionLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubscriptionLimit::Count(n) => {
+                write!(f, "a connection may hold {n} channels and topic prefixes")
+            }
+            SubscriptionLimit::Bytes(n) => write!(
+                f,
+                "the channel names and topic prefixes of a connection may total {n} bytes"
+            ),
+            SubscriptionLimit::Channels(n) => write!(
+                f,
+                "the server holds its maximum of {n} distinct channels and topic prefixes"
+            ),
+        }
+    }
+}
+
+/// How much subscription state the hub may hold, per connection and in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriptionLimits {
+    /// Channels plus prefixes one connection may hold (`limits.max_subscriptions`).
+    pub per_connection: usize,
+    /// Bytes of channel names plus prefixes one connection may hold
+    /// (`limits.max_subscription_bytes`); with `per_connection` it bounds a connection's share
+    /// of the hub's memory.
+    pub bytes_per_connection: usize,
+    /// Distinct channels plus distinct prefixes of all connections (`limits.max_channels`),
+    /// which bounds the channel index however many connections there are.
+    pub channels: usize,
 }
 
 /// Session -> hub: apply these operations in order for this connection.
@@ -296,6 +340,9 @@ struct Entry {
     since: SystemTime,
     channels: BTreeSet<ChannelName>,
     prefixes: BTreeSet<Arc<str>>,
+    /// Bytes of the names in `channels` plus `prefixes`, held under
+    /// `limits.max_subscription_bytes`.
+    subscription_bytes: usize,
 }
 
 /// Whether a frame was handed to a session.
@@ -310,8 +357,8 @@ enum Queued {
 
 /// The hub actor. Start it once, before the HTTP server, and clone its `Addr` into workers.
 pub struct Hub {
-    /// Channels plus prefixes one connection may hold.
-    max_subscriptions: usize,
+    /// How much subscription state connections may make the hub hold.
+    limits: SubscriptionLimits,
     connections: HashMap<ConnectionId, Entry>,
     channels: HashMap<ChannelName, HashSet<ConnectionId>>,
     /// Prefix subscriptions: a publish to channel `c` looks up each prefix of `c` here, so its
@@ -333,11 +380,10 @@ impl Actor for Hub {
 }
 
 impl Hub {
-    /// An empty hub whose connections may hold at most `max_subscriptions` channels and
-    /// prefixes each.
-    pub fn new(max_subscriptions: usize) -> Self {
+    /// An empty hub whose subscriptions are bounded by `limits`.
+    pub fn new(limits: SubscriptionLimits) -> Self {
         Self {
-            max_subscriptions,
+            limits,
             connections: HashMap::new(),
             channels: HashMap::new(),
             prefixes: HashMap::new(),
@@ -469,44 +515,116 @@ impl Hub {
         let Some(entry) = self.connections.get_mut(id) else {
             return OpOutcome::UnknownConnection;
         };
+        let limits = self.limits;
         let held = entry.channels.len() + entry.prefixes.len();
-        let limit = self.max_subscriptions;
+        // Distinct channels and prefixes of all connections (what `max_channels` bounds).
+        let distinct = self.channels.len() + self.prefixes.len();
         match op {
-            ChannelOp::Subscribe(channel)
-                if held >= limit && !entry.channels.contains(&channel) =>
-            {
-                OpOutcome::LimitReached(limit)
-            }
-            ChannelOp::SubscribePrefix(prefix)
-                if held >= limit && !entry.prefixes.contains(prefix.as_str()) =>
-            {
-                OpOutcome::LimitReached(limit)
-            }
-            ChannelOp::Replace(wanted) if wanted.len() + entry.prefixes.len() > limit => {
-                OpOutcome::LimitReached(limit)
-            }
             ChannelOp::Subscribe(channel) => {
+                if entry.channels.contains(&channel) {
+                    return OpOutcome::Subscribed;
+                }
+                if held >= limits.per_connection {
+                    return OpOutcome::LimitReached(SubscriptionLimit::Count(
+                        limits.per_connection,
+                    ));
+                }
+                let bytes = entry.subscription_bytes + channel.as_str().len();
+                if bytes > limits.bytes_per_connection {
+                    return OpOutcome::LimitReached(SubscriptionLimit::Bytes(
+                        limits.bytes_per_connection,
+                    ));
+                }
+                // A channel that exists already lends its name: the bytes are held once.
+                let channel = match self.channels.get_key_value(&channel) {
+                    Some((name, _)) => name.clone(),
+                    None if distinct >= limits.channels => {
+                        return OpOutcome::LimitReached(SubscriptionLimit::Channels(
+                            limits.channels,
+                        ))
+                    }
+                    None => channel,
+                };
+                entry.subscription_bytes = bytes;
                 entry.channels.insert(channel.clone());
                 self.channels.entry(channel).or_default().insert(id.clone());
                 OpOutcome::Subscribed
             }
             ChannelOp::Unsubscribe(channel) => {
                 if entry.channels.remove(&channel) {
+                    entry.subscription_bytes -= channel.as_str().len();
                     self.leave_channel(&channel, id);
                 }
                 OpOutcome::Unsubscribed
             }
             ChannelOp::SubscribePrefix(prefix) => {
-                let prefix: Arc<str> = Arc::from(prefix);
+                if entry.prefixes.contains(prefix.as_str()) {
+                    return OpOutcome::Subscribed;
+                }
+                if held >= limits.per_connection {
+                    return OpOutcome::LimitReached(SubscriptionLimit::Count(
+                        limits.per_connection,
+                    ));
+                }
+                let bytes = entry.subscription_bytes + prefix.len();
+                if bytes > limits.bytes_per_connection {
+                    return OpOutcome::LimitReached(SubscriptionLimit::Bytes(
+                        limits.bytes_per_connection,
+                    ));
+                }
+                let prefix: Arc<str> = match self.prefixes.get_key_value(prefix.as_str()) {
+                    Some((name, _)) => name.clone(),
+                    None if distinct >= limits.channels => {
+                        return OpOutcome::LimitReached(SubscriptionLimit::Channels(
+                            limits.channels,
+                        ))
+                    }
+                    None => Arc::from(prefix),
+                };
+                entry.subscription_bytes = bytes;
                 entry.prefixes.insert(prefix.clone());
                 self.prefixes.entry(prefix).or_default().insert(id.clone());
                 OpOutcome::Subscribed
             }
             ChannelOp::Replace(wanted) => {
+                if wanted.len() + entry.prefixes.len() > limits.per_connection {
+                    return OpOutcome::LimitReached(SubscriptionLimit::Count(
+                        limits.per_connection,
+                    ));
+                }
+                let prefix_bytes: usize = entry.prefixes.iter().map(|p| p.len()).sum();
+                let bytes = prefix_bytes + wanted.iter().map(|c| c.as_str().len()).sum::<usize>();
+                if bytes > limits.bytes_per_connection {
+                    return OpOutcome::LimitReached(SubscriptionLimit::Bytes(
+                        limits.bytes_per_connection,
+                    ));
+                }
+                let created = wanted
+                    .iter()
+                    .filter(|c| !self.channels.contains_key(*c))
+                    .count();
+                // Channels only this connection is in disappear when it leaves them.
+                let emptied = entry
+                    .channels
+                    .difference(&wanted)
+                    .filter(|c| self.channels.get(*c).is_some_and(|m| m.len() == 1))
+                    .count();
+                if created > 0 && distinct + created - emptied > limits.channels {
+                    return OpOutcome::LimitReached(SubscriptionLimit::Channels(limits.channels));
+                }
+                // Existing channels lend their names, so the bytes are held once.
+                let wanted: BTreeSet<ChannelName> = wanted
+                    .into_iter()
+                    .map(|c| match self.channels.get_key_value(&c) {
+                        Some((name, _)) => name.clone(),
+                        None => c,
+                    })
+                    .collect();
                 let left: Vec<ChannelName> = entry.channels.difference(&wanted).cloned().collect();
                 let joined: Vec<ChannelName> =
                     wanted.difference(&entry.channels).cloned().collect();
                 entry.channels = wanted;
+                entry.subscription_bytes = bytes;
                 let current = entry.channels.iter().cloned().collect();
                 for channel in &left {
                     self.leave_channel(channel, id);
@@ -609,6 +727,7 @@ impl Handler<Connect> for Hub {
                 since: SystemTime::now(),
                 channels: BTreeSet::new(),
                 prefixes: BTreeSet::new(),
+                subscription_bytes: 0,
             },
         );
         Ok(())
@@ -766,5 +885,183 @@ impl Handler<Shutdown> for Hub {
             }
         }
         MessageResult(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session stand-in that swallows deliveries.
+    struct Sink;
+
+    impl Actor for Sink {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Deliver> for Sink {
+        type Result = ();
+
+        fn handle(&mut self, _: Deliver, _: &mut Context<Self>) {}
+    }
+
+    fn channel(name: &str) -> ChannelName {
+        ChannelName::parse(name).unwrap()
+    }
+
+    /// A hub with these limits and `n` registered connections `c0`, `c1`, ...
+    async fn hub_with(limits: SubscriptionLimits, n: usize) -> (Addr<Hub>, Vec<ConnectionId>) {
+        let hub = Hub::new(limits).start();
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let id = ConnectionId::parse(&format!("c{i}")).unwrap();
+            hub.send(Connect {
+                id: id.clone(),
+                route: Arc::from("/rpc"),
+                remote: None,
+                recipient: Sink.start().recipient(),
+                serial: i as u64,
+                replace: false,
+                dialect: DialectKind::JsonRpc,
+                backlog: Arc::new(Backlog::new(16, 1 << 20)),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            ids.push(id);
+        }
+        (hub, ids)
+    }
+
+    async fn apply(hub: &Addr<Hub>, id: &ConnectionId, op: ChannelOp) -> OpOutcome {
+        let mut outcomes = hub
+            .send(Apply {
+                id: id.clone(),
+                ops: vec![op],
+            })
+            .await
+            .unwrap();
+        outcomes.pop().unwrap()
+    }
+
+    const ROOMY: SubscriptionLimits = SubscriptionLimits {
+        per_connection: 1_000,
+        bytes_per_connection: 1 << 20,
+        channels: 1_000,
+    };
+
+    #[actix_web::test]
+    async fn a_connection_holds_at_most_its_byte_budget() {
+        let limits = SubscriptionLimits {
+            bytes_per_connection: 600,
+            ..ROOMY
+        };
+        let (hub, ids) = hub_with(limits, 1).await;
+        let c = &ids[0];
+        let a = "a".repeat(256);
+        let b = "b".repeat(256);
+        let sub = |name: &str| ChannelOp::Subscribe(channel(name));
+        assert_eq!(apply(&hub, c, sub(&a)).await, OpOutcome::Subscribed);
+        assert_eq!(apply(&hub, c, sub(&b)).await, OpOutcome::Subscribed);
+        assert_eq!(
+            apply(&hub, c, sub(&a)).await,
+            OpOutcome::Subscribed,
+            "idempotent"
+        );
+        let refused = OpOutcome::LimitReached(SubscriptionLimit::Bytes(600));
+        assert_eq!(apply(&hub, c, sub(&"c".repeat(89))).await, refused);
+        assert_eq!(
+            apply(&hub, c, ChannelOp::SubscribePrefix("p".repeat(89))).await,
+            refused
+        );
+        assert_eq!(
+            apply(&hub, c, sub(&"c".repeat(88))).await,
+            OpOutcome::Subscribed
+        );
+        // Leaving gives the bytes back.
+        apply(&hub, c, ChannelOp::Unsubscribe(channel(&a))).await;
+        assert_eq!(
+            apply(&hub, c, ChannelOp::SubscribePrefix("p".repeat(256))).await,
+            OpOutcome::Subscribed
+        );
+        // A replacement is measured whole, the prefixes included (256 + 256 + 89 > 600).
+        let wanted: BTreeSet<_> = [b.as_str(), &"d".repeat(89)]
+            .into_iter()
+            .map(channel)
+            .collect();
+        assert_eq!(apply(&hub, c, ChannelOp::Replace(wanted)).await, refused);
+        let wanted: BTreeSet<_> = [b.as_str(), &"d".repeat(88)]
+            .into_iter()
+            .map(channel)
+            .collect();
+        assert!(matches!(
+            apply(&hub, c, ChannelOp::Replace(wanted)).await,
+            OpOutcome::Replaced { .. }
+        ));
+        // The count limit is still reported as such.
+        let limits = SubscriptionLimits {
+            per_connection: 1,
+            ..ROOMY
+        };
+        let (hub, ids) = hub_with(limits, 1).await;
+        apply(&hub, &ids[0], sub("x")).await;
+        assert_eq!(
+            apply(&hub, &ids[0], sub("y")).await,
+            OpOutcome::LimitReached(SubscriptionLimit::Count(1))
+        );
+    }
+
+    #[actix_web::test]
+    async fn the_hub_holds_at_most_max_channels_distinct_channels_and_prefixes() {
+        let limits = SubscriptionLimits {
+            channels: 3,
+            ..ROOMY
+        };
+        let (hub, ids) = hub_with(limits, 2).await;
+        let (a, b) = (&ids[0], &ids[1]);
+        let sub = |name: &str| ChannelOp::Subscribe(channel(name));
+        let full = OpOutcome::LimitReached(SubscriptionLimit::Channels(3));
+        assert_eq!(apply(&hub, a, sub("one")).await, OpOutcome::Subscribed);
+        assert_eq!(apply(&hub, a, sub("two")).await, OpOutcome::Subscribed);
+        assert_eq!(
+            apply(&hub, a, ChannelOp::SubscribePrefix("p.".into())).await,
+            OpOutcome::Subscribed
+        );
+        assert_eq!(apply(&hub, b, sub("three")).await, full);
+        assert_eq!(
+            apply(&hub, b, ChannelOp::SubscribePrefix("q.".into())).await,
+            full
+        );
+        // Existing channels and prefixes can still be joined.
+        assert_eq!(apply(&hub, b, sub("one")).await, OpOutcome::Subscribed);
+        assert_eq!(
+            apply(&hub, b, ChannelOp::SubscribePrefix("p.".into())).await,
+            OpOutcome::Subscribed
+        );
+        let more: BTreeSet<_> = ["one", "four"].into_iter().map(channel).collect();
+        assert_eq!(apply(&hub, b, ChannelOp::Replace(more)).await, full);
+        // A replacement that empties a channel of its own makes room for its new one.
+        apply(&hub, a, ChannelOp::Unsubscribe(channel("one"))).await;
+        let keep: BTreeSet<_> = ["two", "four"].into_iter().map(channel).collect();
+        assert_eq!(
+            apply(&hub, a, ChannelOp::Replace(keep)).await,
+            full,
+            "two stays"
+        );
+        let swap: BTreeSet<_> = ["four"].into_iter().map(channel).collect();
+        assert!(matches!(
+            apply(&hub, a, ChannelOp::Replace(swap)).await,
+            OpOutcome::Replaced { .. }
+        ));
+        // Once a channel's last member leaves, its slot is free again.
+        hub.send(Disconnect {
+            id: a.clone(),
+            serial: 0,
+        })
+        .await
+        .unwrap();
+        assert_eq!(apply(&hub, b, sub("five")).await, OpOutcome::Subscribed);
+        let stats = hub.send(Stats).await.unwrap();
+        assert_eq!(stats.channels, 2, "one and five");
     }
 }

@@ -1,7 +1,8 @@
 //! RocketWS's backend port: `POST /` on the push listener with a JSON-RPC 2.0 body (one
 //! request or a batch). Like the rest of the push API it only translates requests into hub
 //! messages. Unlike RocketWS it answers with JSON (not Python `repr`), reports errors as
-//! JSON-RPC errors, and `notify_all` reaches each connection once.
+//! JSON-RPC errors, and `notify_all` reaches each connection once. Ids are echoed exactly as
+//! sent (a number of any size included).
 //!
 //! | method | params | result |
 //! |---|---|---|
@@ -13,12 +14,13 @@
 
 use actix::Addr;
 use actix_web::{web, HttpResponse};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::channel::ChannelName;
 use crate::dialect::jsonrpc::{
-    channel_param, error, success, Request, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
-    PARSE_ERROR,
+    channel_param, error, join_batch, split, success, Body, Request, INVALID_PARAMS,
+    METHOD_NOT_FOUND, PARSE_ERROR,
 };
 use crate::hub::{Broadcast, CountSubscribers, Hub, ListChannels, Publish};
 use crate::push::{read_body, ApiError, Authorized, PushSettings};
@@ -32,36 +34,36 @@ pub async fn handle(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(payload, &settings).await?;
-    let parsed: Value = match serde_json::from_slice(&body) {
-        Ok(value) => value,
-        Err(e) => {
-            let response = error(Value::Null, PARSE_ERROR, &format!("Parse error: {e}"));
-            return Ok(HttpResponse::Ok().json(response));
-        }
-    };
-    let reply = match parsed {
-        Value::Array(calls) if calls.is_empty() => Some(error(
-            Value::Null,
-            INVALID_REQUEST,
-            "Invalid Request: empty batch",
+    // Calls stay raw text until each is parsed, so ids are echoed exactly as sent.
+    let calls = match std::str::from_utf8(&body) {
+        Ok(text) => split(text, None),
+        Err(e) => Err(error(
+            RawValue::NULL,
+            PARSE_ERROR,
+            &format!("Parse error: {e}"),
         )),
-        Value::Array(calls) => {
+    };
+    let reply = match calls {
+        Err(response) => Some(response),
+        Ok(Body::Batch(calls)) => {
             let mut responses = Vec::with_capacity(calls.len());
             for call in calls {
                 responses.extend(run(&hub, call).await?);
             }
-            (!responses.is_empty()).then_some(Value::Array(responses))
+            (!responses.is_empty()).then(|| join_batch(responses.into_iter()))
         }
-        single => run(&hub, single).await?,
+        Ok(Body::Single(call)) => run(&hub, call).await?,
     };
     Ok(match reply {
-        Some(reply) => HttpResponse::Ok().json(reply),
+        Some(reply) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(reply),
         None => HttpResponse::NoContent().finish(),
     })
 }
 
 /// Run one call; `None` for a notification.
-async fn run(hub: &Addr<Hub>, call: Value) -> Result<Option<Value>, ApiError> {
+async fn run(hub: &Addr<Hub>, call: &RawValue) -> Result<Option<String>, ApiError> {
     let Request { id, method, params } = match Request::parse(call) {
         Ok(request) => request,
         Err(response) => return Ok(response),
@@ -113,8 +115,8 @@ async fn run(hub: &Addr<Hub>, call: Value) -> Result<Option<Value>, ApiError> {
         )),
     };
     Ok(id.map(|id| match outcome {
-        Ok(result) => success(id, result),
-        Err((code, message)) => error(id, code, &message),
+        Ok(result) => success(&id, &result),
+        Err((code, message)) => error(&id, code, &message),
     }))
 }
 

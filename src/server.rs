@@ -144,7 +144,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
     // One hub for the whole process, started before the servers; workers get its address.
-    let hub = Hub::new(config.limits.max_subscriptions).start();
+    let hub = Hub::new(config.limits.subscriptions()).start();
     let hub_data = web::Data::new(hub.clone());
     // Sessions alive, cut-off and replaced ones included: shutdown waits for all of them.
     let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -159,6 +159,7 @@ pub async fn run(
                     strict: route.strict,
                     client_publish: route.client_publish,
                     xrf_token: None,
+                    max_batch: config.limits.max_batch,
                 },
                 xrf_cookie: route.xrf_cookie.clone(),
                 accept_url: route.accept_url.clone(),

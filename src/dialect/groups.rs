@@ -2,7 +2,10 @@
 //! [42]}}` replaces the connection's whole subscription set with the groups `jobs-status_changed`
 //! and `job_events-42`; `{"groups": {}}` leaves all. The reply is `{"groups_current",
 //! "groups_left", "groups_joined"}`. A value that is not a list is refused with
-//! `{"error": "access denied to channel"}` and the message is ignored. With the xrftoken rule on,
+//! `{"error": "access denied to channel"}` and the message is ignored, and so is an item that is
+//! neither a string nor a number (AWX's items are names and resource ids; an object, a list,
+//! `null` or a boolean would otherwise become a channel such as `jobs-null`). With the xrftoken
+//! rule on,
 //! every message must carry `"xrftoken"` equal to the named cookie of the handshake. Deliveries
 //! are the published JSON as it is.
 
@@ -11,7 +14,7 @@ use std::collections::BTreeSet;
 use serde_json::{json, Value};
 
 use crate::channel::{ChannelName, Frame, Publication};
-use crate::hub::{ChannelOp, OpOutcome};
+use crate::hub::{ChannelOp, OpOutcome, SubscriptionLimit};
 
 use super::{Action, ReplyPlan};
 
@@ -61,7 +64,8 @@ impl Groups {
             for item in items {
                 let item = match item {
                     Value::String(s) => s.clone(),
-                    other => other.to_string(),
+                    Value::Number(n) => n.to_string(),
+                    _ => return denied(),
                 };
                 match ChannelName::parse(&format!("{key}-{item}")) {
                     Ok(channel) => {
@@ -100,9 +104,13 @@ impl Groups {
                     ));
                     frames
                 }
-                Some(OpOutcome::LimitReached(limit)) => vec![Frame::text(
-                    json!({"error": format!("too many groups: at most {limit}")}).to_string(),
-                )],
+                Some(OpOutcome::LimitReached(limit)) => {
+                    let message = match limit {
+                        SubscriptionLimit::Count(n) => format!("too many groups: at most {n}"),
+                        other => format!("too many groups: {other}"),
+                    };
+                    vec![Frame::text(json!({ "error": message }).to_string())]
+                }
                 _ => vec![Frame::text(json!({"error": ACCESS_DENIED}).to_string())],
             }),
         }
@@ -224,5 +232,57 @@ mod tests {
             Err(denied)
         );
         assert!(decode(&mut guarded, r#"{"groups": {}, "xrftoken": "t0k"}"#).is_ok());
+    }
+
+    #[test]
+    fn items_that_are_not_strings_or_numbers_are_denied() {
+        let denied = json!({"error": "access denied to channel"});
+        for item in [r#"{"a": [1, 2]}"#, "[1]", "null", "true", "false"] {
+            let text = format!(r#"{{"groups": {{"g": ["ok", {item}]}}}}"#);
+            assert_eq!(
+                decode(&mut Groups::new(None), &text),
+                Err(denied.clone()),
+                "{item}"
+            );
+        }
+        let ops = decode(
+            &mut Groups::new(None),
+            r#"{"groups": {"g": ["s", 42, -1.5]}}"#,
+        );
+        let wanted: BTreeSet<_> = ["g-s", "g-42", "g--1.5"].into_iter().map(channel).collect();
+        assert_eq!(ops, Ok(vec![ChannelOp::Replace(wanted)]));
+    }
+
+    #[test]
+    fn limits_are_error_frames_naming_the_limit() {
+        let message = |limit| {
+            let Action::Hub { reply, .. } =
+                Groups::new(None).decode(Frame::text(r#"{"groups": {"a": [1]}}"#))
+            else {
+                panic!()
+            };
+            match reply
+                .render(vec![OpOutcome::LimitReached(limit)])
+                .as_slice()
+            {
+                [Frame::Text(text)] => serde_json::from_str::<Value>(text).unwrap()["error"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            message(SubscriptionLimit::Count(5)),
+            "too many groups: at most 5"
+        );
+        assert_eq!(
+            message(SubscriptionLimit::Bytes(512)),
+            "too many groups: the channel names and topic prefixes of a connection may total 512 bytes"
+        );
+        assert_eq!(
+            message(SubscriptionLimit::Channels(7)),
+            "too many groups: the server holds its maximum of 7 distinct channels and topic prefixes"
+        );
     }
 }

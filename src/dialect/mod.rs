@@ -113,7 +113,7 @@ pub enum Dialect {
 }
 
 /// A route's dialect settings from the config.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DialectOptions {
     /// topics: match exactly instead of by prefix.
     pub strict: bool,
@@ -122,6 +122,19 @@ pub struct DialectOptions {
     /// groups: the value of the handshake cookie every message must carry as `xrftoken`
     /// (`Some("")` when the rule is on but the cookie was missing).
     pub xrf_token: Option<String>,
+    /// jsonrpc: calls one batch may hold (`limits.max_batch`).
+    pub max_batch: usize,
+}
+
+impl Default for DialectOptions {
+    fn default() -> Self {
+        Self {
+            strict: false,
+            client_publish: false,
+            xrf_token: None,
+            max_batch: jsonrpc::DEFAULT_MAX_BATCH,
+        }
+    }
 }
 
 impl Dialect {
@@ -129,7 +142,9 @@ impl Dialect {
     pub fn new(kind: DialectKind, id: &ConnectionId, options: DialectOptions) -> Self {
         match kind {
             DialectKind::Raw => Dialect::Raw(raw::Raw),
-            DialectKind::JsonRpc => Dialect::JsonRpc(jsonrpc::JsonRpc::new(id.clone())),
+            DialectKind::JsonRpc => {
+                Dialect::JsonRpc(jsonrpc::JsonRpc::new(id.clone(), options.max_batch))
+            }
             DialectKind::Groups => Dialect::Groups(groups::Groups::new(options.xrf_token)),
             DialectKind::Topics => {
                 Dialect::Topics(topics::Topics::new(options.strict, options.client_publish))

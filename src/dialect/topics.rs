@@ -3,12 +3,15 @@
 //! up until disconnect). Every `*` is stripped and the rest is a prefix (exact match in strict
 //! mode). Deliveries are `{"topic": "<full topic>", "body": <message>}`, once per message per
 //! connection however many of its prefixes match. With client publishing enabled,
-//! `{"topic": t, "body": b}` publishes `b` to `t`; otherwise other frames are ignored.
+//! `{"topic": t, "body": b}` publishes `b` to `t`; otherwise other frames are ignored. A
+//! subscription refused by a limit is answered with `{"topic": "__topic_subscribe__", "body":
+//! {"error": "subscription limit reached: ..."}}`, in the shape of a delivery so that clients
+//! parse it; fedmsg itself never refuses one.
 
 use serde_json::{json, Value};
 
 use crate::channel::{ChannelName, Frame, Publication};
-use crate::hub::ChannelOp;
+use crate::hub::{ChannelOp, OpOutcome};
 
 use super::{Action, ReplyPlan};
 
@@ -72,7 +75,16 @@ impl Topics {
         };
         Action::Hub {
             ops: vec![op],
-            reply: ReplyPlan::new(|_| Vec::new()),
+            reply: ReplyPlan::new(|outcomes| match outcomes.first() {
+                Some(OpOutcome::LimitReached(limit)) => vec![Frame::text(
+                    json!({
+                        "topic": SUBSCRIBE,
+                        "body": {"error": format!("subscription limit reached: {limit}")},
+                    })
+                    .to_string(),
+                )],
+                _ => Vec::new(),
+            }),
         }
     }
 }
@@ -163,6 +175,27 @@ mod tests {
         assert_eq!(
             value,
             json!({"topic": "org.fedoraproject.prod.git.receive", "body": {"commit": "abc"}})
+        );
+    }
+
+    #[test]
+    fn a_subscription_refused_by_a_limit_gets_an_error_frame() {
+        let Action::Hub { reply, .. } = Topics::new(false, false).decode(Frame::text(
+            r#"{"topic": "__topic_subscribe__", "body": "a.*"}"#,
+        )) else {
+            panic!()
+        };
+        let frames = reply.render(vec![OpOutcome::LimitReached(
+            crate::hub::SubscriptionLimit::Bytes(512),
+        )]);
+        let [Frame::Text(text)] = frames.as_slice() else {
+            panic!("{frames:?}")
+        };
+        let value: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(value["topic"], SUBSCRIBE);
+        assert_eq!(
+            value["body"]["error"],
+            "subscription limit reached: the channel names and topic prefixes of a connection may total 512 bytes"
         );
     }
 }

@@ -401,3 +401,81 @@ async fn the_connect_hook_admits_refuses_and_gives_the_first_frame() {
         other => panic!("expected 403, got {:?}", other.map(|_| ())),
     }
 }
+
+#[actix_web::test]
+async fn groups_refuse_items_that_are_not_strings_or_numbers() {
+    let hub = start(FOUR_ROUTES);
+    let mut ws = connect(&hub.ws_url("/websocket/")).await;
+    for item in [json!({"a": [1, 2]}), json!([1]), Value::Null, json!(true)] {
+        send_json(&mut ws, json!({"groups": {"g": ["fine", item]}})).await;
+        assert_eq!(
+            next_json(&mut ws).await,
+            json!({"error": "access denied to channel"}),
+            "item {item}"
+        );
+    }
+    assert_eq!(get(&hub, "/api/channels").await.json["channels"], json!([]));
+    send_json(
+        &mut ws,
+        json!({"groups": {"jobs": ["status_changed"], "job_events": [42]}}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut ws).await["groups_current"],
+        json!(["job_events-42", "jobs-status_changed"])
+    );
+}
+
+#[actix_web::test]
+async fn subscription_limits_are_error_frames_in_groups_and_topics() {
+    let config =
+        format!("{FOUR_ROUTES}\n[limits]\nmax_subscription_bytes = 512\nmax_channels = 4\n");
+    let hub = start(&config);
+    let mut groups = connect(&hub.ws_url("/websocket/")).await;
+    let (x, y) = ("x".repeat(254), "y".repeat(254));
+    send_json(&mut groups, json!({"groups": {"g": [x, y, "z"]}})).await;
+    assert_eq!(
+        next_json(&mut groups).await,
+        json!({"error": "too many groups: the channel names and topic prefixes of a connection may total 512 bytes"})
+    );
+    send_json(&mut groups, json!({"groups": {"g": [x, y]}})).await;
+    assert_eq!(
+        next_json(&mut groups).await["groups_joined"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let mut topics = connect(&hub.ws_url("/topics")).await;
+    topic_subscribe(&hub, &mut topics, &"p".repeat(256)).await;
+    topic_subscribe(&hub, &mut topics, &"q".repeat(256)).await;
+    send_json(
+        &mut topics,
+        json!({"topic": "__topic_subscribe__", "body": "r.*"}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut topics).await,
+        json!({"topic": "__topic_subscribe__", "body": {"error": "subscription limit reached: the channel names and topic prefixes of a connection may total 512 bytes"}})
+    );
+
+    // Four distinct channels and prefixes are held now: nothing new fits in the hub.
+    let full = "the server holds its maximum of 4 distinct channels and topic prefixes";
+    let mut other = connect(&hub.ws_url("/topics")).await;
+    send_json(
+        &mut other,
+        json!({"topic": "__topic_subscribe__", "body": "s.*"}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut other).await["body"]["error"],
+        format!("subscription limit reached: {full}")
+    );
+    let mut late = connect(&hub.ws_url("/websocket/")).await;
+    send_json(&mut late, json!({"groups": {"new": [1]}})).await;
+    assert_eq!(
+        next_json(&mut late).await,
+        json!({"error": format!("too many groups: {full}")})
+    );
+}

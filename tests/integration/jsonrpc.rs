@@ -255,3 +255,118 @@ async fn subscriptions_per_connection_are_limited() {
         "room again after leaving one"
     );
 }
+
+/// The next text frame as it was sent (numbers not reparsed).
+async fn next_text(ws: &mut Ws) -> String {
+    match next_data(ws).await {
+        tokio_tungstenite::tungstenite::Message::Text(text) => text,
+        other => panic!("expected a text frame, got {other:?}"),
+    }
+}
+
+#[actix_web::test]
+async fn a_long_batch_gets_one_error_and_batch_replies_stay_small() {
+    let hub = start(&demo_config(""));
+    let mut ws = connect(&hub.ws_url("/rpc")).await;
+
+    // About 1 MB of invalid requests: one short error, not one error per element.
+    let huge = format!("[{}0]", "0,".repeat(500_000));
+    send_text(&mut ws, &huge).await;
+    let text = next_text(&mut ws).await;
+    assert!(text.len() < 200, "a {}-byte reply", text.len());
+    let reply: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(reply["error"]["code"], -32600);
+    assert_eq!(
+        reply["error"]["message"],
+        "Invalid Request: a batch may hold at most 100 requests"
+    );
+    assert_eq!(reply["id"], Value::Null);
+
+    // A full batch of invalid requests is answered element by element, within the stated bound.
+    let full = format!("[{}0]", "0,".repeat(99));
+    send_text(&mut ws, &full).await;
+    let text = next_text(&mut ws).await;
+    let reply: Value = serde_json::from_str(&text).unwrap();
+    let items = reply.as_array().expect("an array");
+    assert_eq!(items.len(), 100);
+    assert!(items.iter().all(|item| item["error"]["code"] == -32600));
+    assert!(
+        text.len() <= full.len() + 100 * 256,
+        "{} bytes for a {}-byte batch",
+        text.len(),
+        full.len()
+    );
+
+    // The connection is fine afterwards.
+    let reply = call(&mut ws, request(1, "heartbeat", json!({}))).await;
+    assert_eq!(reply["result"]["heartbeat"], "ok");
+}
+
+#[actix_web::test]
+async fn ids_round_trip_exactly_in_the_dialect_and_the_backend_port() {
+    let hub = start(&demo_config(""));
+    let mut ws = connect(&hub.ws_url("/rpc")).await;
+    for id in [
+        "18446744073709551616",
+        "-98765432109876543210.5e-3",
+        "1.0",
+        r#""\u00e9""#,
+        r#""x""#,
+        "null",
+    ] {
+        for request in [
+            format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"heartbeat"}}"#),
+            format!(
+                r#"[{{"jsonrpc":"2.0","id":{id},"method":"subscribe","params":{{"channel":"c"}}}}]"#
+            ),
+        ] {
+            send_text(&mut ws, &request).await;
+            let text = next_text(&mut ws).await;
+            assert!(
+                text.contains(&format!(r#""id":{id}"#)),
+                "{request} -> {text}"
+            );
+        }
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
+        let reply = http("POST", &hub.push_url("/"), None, Some(&body)).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.content_type, "application/json");
+        let text = String::from_utf8(reply.body).unwrap();
+        assert!(text.contains(&format!(r#""id":{id}"#)), "{body} -> {text}");
+        assert_eq!(reply.json["result"], json!({"ping": "ok"}));
+    }
+}
+
+#[actix_web::test]
+async fn subscription_bytes_and_the_hub_channel_count_are_limited() {
+    let hub = start(&demo_config(
+        "max_subscription_bytes = 512\nmax_channels = 3",
+    ));
+    let mut a = connect(&hub.ws_url("/rpc")).await;
+    let (x, y) = ("x".repeat(256), "y".repeat(256));
+    for (id, name) in [(1, x.as_str()), (2, y.as_str())] {
+        let reply = call(&mut a, request(id, "subscribe", json!({"channel": name}))).await;
+        assert_eq!(reply["result"], "subscribed");
+    }
+    let reply = call(&mut a, request(3, "subscribe", json!({"channel": "z"}))).await;
+    assert_eq!(reply["error"]["code"], -32001, "{reply}");
+    assert_eq!(
+        reply["error"]["message"],
+        "subscription limit reached: the channel names and topic prefixes of a connection may total 512 bytes"
+    );
+
+    let mut b = connect(&hub.ws_url("/rpc")).await;
+    let reply = call(&mut b, request(1, "subscribe", json!({"channel": "z"}))).await;
+    assert_eq!(reply["result"], "subscribed");
+    let reply = call(&mut b, request(2, "subscribe", json!({"channel": "w"}))).await;
+    assert_eq!(reply["error"]["code"], -32002, "{reply}");
+    assert_eq!(
+        reply["error"]["message"],
+        "subscription limit reached: the server holds its maximum of 3 distinct channels and topic prefixes"
+    );
+    let reply = call(&mut b, request(3, "subscribe", json!({"channel": x}))).await;
+    assert_eq!(
+        reply["result"], "subscribed",
+        "existing channels can be joined"
+    );
+}
