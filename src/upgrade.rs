@@ -478,10 +478,10 @@ mod tests {
             client_address(Some(proxy), &headers, &trusted).as_deref(),
             Some("10.0.0.9")
         );
-        let stranger: SocketAddr = "10.0.0.3:4000".parse().unwrap();
+        let stranger: SocketAddr = "10.0.0.7:4000".parse().unwrap();
         assert_eq!(
             client_address(Some(stranger), &headers, &trusted).as_deref(),
-            Some("10.0.0.3:4000")
+            Some("10.0.0.7:4000")
         );
     }
 }
