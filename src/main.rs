@@ -226,13 +226,27 @@ fn load(cli: &Cli) -> anyhow::Result<(Config, Option<String>)> {
     Ok((config, path.is_some().then_some(origin)))
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => log::info!("SIGTERM received"),
-        _ = int.recv() => log::info!("SIGINT received"),
+/// SIGTERM and SIGINT, installed before the server starts (a failure is an error exit, not
+/// a panic).
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => log::info!("SIGTERM received"),
+            _ = self.int.recv() => log::info!("SIGINT received"),
+        }
     }
 }
 
@@ -276,11 +290,11 @@ fn main() -> ExitCode {
     if config.server.page {
         log::info!("open http://{ws}/ in a browser for the sample page");
     }
-    let result = actix_web::rt::System::new().block_on(switchboard::run(
-        config,
-        listeners,
-        shutdown_signal(),
-    ));
+    let result = actix_web::rt::System::new().block_on(async move {
+        let signals = ShutdownSignals::install()
+            .map_err(|e| anyhow::anyhow!("cannot install the SIGTERM/SIGINT handlers: {e}"))?;
+        switchboard::run(config, listeners, signals.recv()).await
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -248,9 +248,9 @@ pub async fn run(
             .run()
     };
     let ws_handle = ws_server.handle();
-    let ws_task = actix_web::rt::spawn(ws_server);
+    let mut ws_task = actix_web::rt::spawn(ws_server);
 
-    let push_task = match listeners.push {
+    let mut push_task = match listeners.push {
         Some(listener) => {
             let hub_data = hub_data.clone();
             let server = HttpServer::new(move || {
@@ -271,18 +271,53 @@ pub async fn run(
         None => None,
     };
 
-    shutdown.await;
+    // A server that ends on its own (it should not) is noticed: the hub then shuts down as on
+    // a signal and the process exits with an error.
+    let mut ws_ended = None;
+    let mut push_ended = None;
+    {
+        let push_done = async {
+            match push_task.as_mut() {
+                Some((_, task)) => task.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown => {}
+            result = &mut ws_task => ws_ended = Some(result),
+            result = push_done => push_ended = Some(result),
+        }
+    }
+    let unexpected = match (&ws_ended, &push_ended) {
+        (Some(result), _) => Some(format!(
+            "the WebSocket server stopped on its own: {result:?}"
+        )),
+        (_, Some(result)) => Some(format!(
+            "the push API server stopped on its own: {result:?}"
+        )),
+        _ => None,
+    };
+    if let Some(why) = &unexpected {
+        log::error!("{why}; shutting down");
+    }
     // Stop accepting first, so no new socket arrives while the old ones are being closed.
     ws_handle.pause().await;
     drain(&hub, &config, &notices, &live).await;
     ws_handle.stop(false).await;
-    let _ = ws_task.await;
+    if ws_ended.is_none() {
+        let _ = ws_task.await;
+    }
     if let Some((handle, task)) = push_task {
         handle.stop(true).await;
-        let _ = task.await;
+        if push_ended.is_none() {
+            let _ = task.await;
+        }
     }
     log::info!("stopped");
-    Ok(())
+    match unexpected {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    }
 }
 
 /// Close every socket with 1001 and wait until the hub's registry is empty or the deadline
