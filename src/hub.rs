@@ -1,6 +1,7 @@
-//! The hub actor: the registry of connections (id -> `Recipient<Deliver>`), the channel
-//! subscriptions, and delivery. It is pure state: it never awaits and never does I/O, so one slow
-//! client or backend cannot stall routing for everyone else.
+//! The hub: one actor per process around the [`Registry`], reached through the cloneable
+//! [`HubHandle`]. The actor is pure state too: it never awaits and never does I/O, so one slow
+//! client or backend cannot stall routing for everyone else. Its messages are private; the
+//! rest of the program calls the handle.
 //!
 //! Delivery policy: a publication is encoded once per dialect, and the same bytes are queued
 //! for every recipient of that dialect. Before queueing, the hub reserves room in the
@@ -10,44 +11,34 @@
 //! connection is cut off (removed from the registry and every channel) and told to close with
 //! 1008. Memory therefore stays bounded per connection, and neighbours never wait.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use actix::prelude::*;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::channel::{close_code, ChannelName, Close, Frame, Publication, PublicationKind};
+use crate::channel::{ChannelName, Publication, PublicationKind};
 use crate::connection::ConnectionId;
-use crate::dialect::DialectKind;
+use crate::delivery::{Deliver, Delivery, Outbound, Undelivered};
+use crate::dialect::{self, DialectKind};
+use crate::frame::{close_code, Close, Frame};
+use crate::operation::{ChannelOp, OpOutcome};
 use crate::outbox::Backlog;
+use crate::registry::{Applied, Registry};
+pub use crate::registry::{ChannelInfo, ConnectRefused, ConnectionInfo, SubscriptionLimits};
 
 /// How many messages may wait in the hub's own mailbox before senders wait (backpressure on
 /// the push API and on sessions asking for subscriptions).
 const HUB_MAILBOX_CAPACITY: usize = 65_536;
 
-/// Something for one session to send: a frame, or a close.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// A frame to write as it is (a publication already encoded in the session's dialect);
-    /// its room in the session's [`Backlog`] is reserved.
-    Frame(Frame),
-    /// Close the connection with this code and reason.
-    Close(Close),
-    /// A newer connection took this one's id: close with 4001 and send no disconnect notice.
-    Replaced,
-}
+/// The hub is not running (it stopped, or the process is going down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the hub is not running")]
+pub struct HubUnavailable;
 
-/// Hub -> session: send this to the client.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct Deliver(pub Outbound);
-
-/// Session -> hub: register a new connection.
-#[derive(Message)]
-#[rtype(result = "Result<(), ConnectRefused>")]
-pub struct Connect {
+/// A new connection, as its session registers it.
+pub struct Registration {
     /// The connection's id.
     pub id: ConnectionId,
     /// The route path it connected on.
@@ -56,7 +47,7 @@ pub struct Connect {
     pub remote: Option<Arc<str>>,
     /// Where deliveries for it go.
     pub recipient: Recipient<Deliver>,
-    /// Unique per session, so a replaced session's late `Disconnect` cannot remove its successor.
+    /// Unique per session, so a replaced session's late disconnect cannot remove its successor.
     pub serial: u64,
     /// On a duplicate id: replace the live connection (closed with 4001) instead of refusing.
     pub replace: bool,
@@ -64,238 +55,6 @@ pub struct Connect {
     pub dialect: DialectKind,
     /// What it has queued and not yet written (shared with its session).
     pub backlog: Arc<Backlog>,
-}
-
-/// Why the hub refused to register a connection.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConnectRefused {
-    /// Another live connection has this id.
-    #[error("a connection with this id is already registered")]
-    Duplicate,
-    /// The hub is shutting down.
-    #[error("the server is shutting down")]
-    ShuttingDown,
-}
-
-/// Session -> hub: the connection is gone. Idempotent.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Disconnect {
-    /// The connection that ended.
-    pub id: ConnectionId,
-    /// The session's serial (see [`Connect::serial`]).
-    pub serial: u64,
-}
-
-/// One channel operation a client asked for through its dialect.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ChannelOp {
-    /// Join a channel (idempotent).
-    Subscribe(ChannelName),
-    /// Leave a channel (also fine when not a member).
-    Unsubscribe(ChannelName),
-    /// Receive every channel whose name starts with this prefix (fedmsg topics; "" is all).
-    SubscribePrefix(String),
-    /// Make this exactly the connection's set of channels (AWX groups).
-    Replace(BTreeSet<ChannelName>),
-    /// Publish to a channel from this connection.
-    Publish {
-        /// Target channel.
-        channel: ChannelName,
-        /// Published value.
-        data: serde_json::Value,
-        /// Leave the sender out of the delivery.
-        exclude_sender: bool,
-        /// Refuse unless the sender is a member of the channel.
-        require_subscribed: bool,
-    },
-}
-
-/// What came of one [`ChannelOp`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OpOutcome {
-    /// Now a member.
-    Subscribed,
-    /// No longer a member.
-    Unsubscribed,
-    /// Published: how many connections it reached and how many were cut off as stalled.
-    Published(Delivery),
-    /// The authorization hook refused this channel or prefix (never produced by the hub).
-    Denied(String),
-    /// The channel set was replaced.
-    Replaced {
-        /// Channels now, sorted.
-        current: Vec<ChannelName>,
-        /// Channels left, sorted.
-        left: Vec<ChannelName>,
-        /// Channels joined, sorted.
-        joined: Vec<ChannelName>,
-        /// Channels the authorization hook refused (filled in by the session, not the hub).
-        denied: Vec<ChannelName>,
-    },
-    /// The sender must be a member of this channel to publish to it.
-    NotSubscribed(ChannelName),
-    /// The connection is not (or no longer) registered.
-    UnknownConnection,
-    /// The operation would take the connection or the hub past a subscription limit.
-    LimitReached(SubscriptionLimit),
-}
-
-/// Which subscription limit refused an operation, with its configured value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubscriptionLimit {
-    /// `limits.max_subscriptions`: channels plus prefixes one connection may hold.
-    Count(usize),
-    /// `limits.max_subscription_bytes`: bytes of channel names plus prefixes one connection may
-    /// hold.
-    Bytes(usize),
-    /// `limits.max_channels`: distinct channels plus distinct prefixes the hub holds.
-    Channels(usize),
-}
-
-impl std::fmt::Display for SubscriptionLimit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SubscriptionLimit::Count(n) => {
-                write!(f, "a connection may hold {n} channels and topic prefixes")
-            }
-            SubscriptionLimit::Bytes(n) => write!(
-                f,
-                "the channel names and topic prefixes of a connection may total {n} bytes"
-            ),
-            SubscriptionLimit::Channels(n) => write!(
-                f,
-                "the server holds its maximum of {n} distinct channels and topic prefixes"
-            ),
-        }
-    }
-}
-
-/// How much subscription state the hub may hold, per connection and in all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SubscriptionLimits {
-    /// Channels plus prefixes one connection may hold (`limits.max_subscriptions`).
-    pub per_connection: usize,
-    /// Bytes of channel names plus prefixes one connection may hold
-    /// (`limits.max_subscription_bytes`); with `per_connection` it bounds a connection's share
-    /// of the hub's memory.
-    pub bytes_per_connection: usize,
-    /// Distinct channels plus distinct prefixes of all connections (`limits.max_channels`),
-    /// which bounds the channel index however many connections there are.
-    pub channels: usize,
-}
-
-/// Session -> hub: apply these operations in order for this connection.
-#[derive(Message)]
-#[rtype(result = "Vec<OpOutcome>")]
-pub struct Apply {
-    /// The connection asking.
-    pub id: ConnectionId,
-    /// The operations, applied in order.
-    pub ops: Vec<ChannelOp>,
-}
-
-/// How a publish or broadcast went.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Delivery {
-    /// Connections the message was queued for.
-    pub reached: usize,
-    /// Connections that did not get it because their queue was full (they are cut off).
-    pub dropped: usize,
-}
-
-/// Push API -> hub: publish to a channel.
-#[derive(Message)]
-#[rtype(result = "Delivery")]
-pub struct Publish {
-    /// Target channel.
-    pub channel: ChannelName,
-    /// Published value.
-    pub data: serde_json::Value,
-}
-
-/// Push API -> hub: send to every connection.
-#[derive(Message)]
-#[rtype(result = "Delivery")]
-pub struct Broadcast {
-    /// Sent value.
-    pub data: serde_json::Value,
-}
-
-/// Why a message for one connection was not delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Undelivered {
-    /// No such connection.
-    #[error("no connection with this id")]
-    UnknownConnection,
-    /// The connection's queue was full; it has been cut off.
-    #[error("the connection's outbound queue is full; it has been closed with 1008")]
-    QueueFull,
-}
-
-/// Push API -> hub: send a frame to one connection.
-#[derive(Message)]
-#[rtype(result = "Result<(), Undelivered>")]
-pub struct SendTo {
-    /// Target connection.
-    pub id: ConnectionId,
-    /// The frame.
-    pub frame: Frame,
-}
-
-/// Push API -> hub: close one connection.
-#[derive(Message)]
-#[rtype(result = "Result<(), Undelivered>")]
-pub struct CloseConnection {
-    /// Target connection.
-    pub id: ConnectionId,
-    /// Code and reason sent to the client.
-    pub close: Close,
-}
-
-/// One connection as the push API lists it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ConnectionInfo {
-    /// Its id.
-    pub id: ConnectionId,
-    /// The route it connected on.
-    pub route: Arc<str>,
-    /// The client's address.
-    pub remote: Option<Arc<str>>,
-    /// Channels it is a member of, sorted.
-    pub channels: Vec<ChannelName>,
-    /// Topic prefixes it receives (topics dialect), sorted.
-    pub prefixes: Vec<Arc<str>>,
-    /// When it connected, Unix seconds.
-    pub connected_since: u64,
-}
-
-/// Push API -> hub: list connections.
-#[derive(Message)]
-#[rtype(result = "Vec<ConnectionInfo>")]
-pub struct ListConnections;
-
-/// One channel as the push API lists it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ChannelInfo {
-    /// Its name.
-    pub name: ChannelName,
-    /// How many connections are members.
-    pub subscribers: usize,
-}
-
-/// Push API -> hub: list channels with their member counts.
-#[derive(Message)]
-#[rtype(result = "Vec<ChannelInfo>")]
-pub struct ListChannels;
-
-/// Backend port -> hub: how many connections are members of `channel`, or, with `None`, how
-/// many are members of at least one channel or prefix.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct CountSubscribers {
-    /// The channel, or `None` for all subscribers.
-    pub channel: Option<ChannelName>,
 }
 
 /// Counters since start, for health and metrics.
@@ -315,34 +74,191 @@ pub struct HubStats {
     pub stalled_connections_closed: u64,
 }
 
-/// Anyone -> hub: the counters.
-#[derive(Message)]
-#[rtype(result = "HubStats")]
-pub struct Stats;
+/// The one way into the hub: cheap to clone, every call a message to the hub actor.
+#[derive(Clone)]
+pub struct HubHandle(Addr<Hub>);
 
-/// Shutdown -> hub: refuse new connections, ask every session to close with `close`, and
-/// answer with a receiver that fires once the registry is empty.
-#[derive(Message)]
-#[rtype(result = "oneshot::Receiver<()>")]
-pub struct Shutdown {
-    /// The close sent to every client (1001 going away).
-    pub close: Close,
+/// Turn the actor's reply into the handle's result.
+async fn answer<T>(
+    request: impl Future<Output = Result<T, MailboxError>> + 'static,
+) -> Result<T, HubUnavailable> {
+    request.await.map_err(|_| HubUnavailable)
 }
 
-/// One registered connection.
-struct Entry {
+impl HubHandle {
+    /// Start the hub (once per process, before the servers) on the current arbiter.
+    pub fn start(limits: SubscriptionLimits) -> Self {
+        Self(Hub::new(limits).start())
+    }
+
+    /// Register a connection.
+    pub fn connect(
+        &self,
+        registration: Registration,
+    ) -> impl Future<Output = Result<Result<(), ConnectRefused>, HubUnavailable>> + 'static {
+        answer(self.0.send(Connect(registration)))
+    }
+
+    /// The connection ended (idempotent; a stale serial is ignored).
+    pub fn disconnect(&self, id: ConnectionId, serial: u64) {
+        self.0.do_send(Disconnect { id, serial });
+    }
+
+    /// Apply channel operations in order for one connection.
+    pub fn apply(
+        &self,
+        id: ConnectionId,
+        ops: Vec<ChannelOp>,
+    ) -> impl Future<Output = Result<Vec<OpOutcome>, HubUnavailable>> + 'static {
+        answer(self.0.send(Apply { id, ops }))
+    }
+
+    /// Publish to a channel (from a backend).
+    pub fn publish(
+        &self,
+        channel: ChannelName,
+        data: serde_json::Value,
+    ) -> impl Future<Output = Result<Delivery, HubUnavailable>> + 'static {
+        answer(self.0.send(Publish { channel, data }))
+    }
+
+    /// Send to every connection.
+    pub fn broadcast(
+        &self,
+        data: serde_json::Value,
+    ) -> impl Future<Output = Result<Delivery, HubUnavailable>> + 'static {
+        answer(self.0.send(Broadcast { data }))
+    }
+
+    /// Send a frame to one connection.
+    pub fn send_to(
+        &self,
+        id: ConnectionId,
+        frame: Frame,
+    ) -> impl Future<Output = Result<Result<(), Undelivered>, HubUnavailable>> + 'static {
+        answer(self.0.send(SendTo { id, frame }))
+    }
+
+    /// Close one connection with this code and reason.
+    pub fn close(
+        &self,
+        id: ConnectionId,
+        close: Close,
+    ) -> impl Future<Output = Result<Result<(), Undelivered>, HubUnavailable>> + 'static {
+        answer(self.0.send(CloseConnection { id, close }))
+    }
+
+    /// Every connection, sorted by id.
+    pub fn connections(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ConnectionInfo>, HubUnavailable>> + 'static {
+        answer(self.0.send(ListConnections))
+    }
+
+    /// Every channel with its member count, sorted by name.
+    pub fn channels(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ChannelInfo>, HubUnavailable>> + 'static {
+        answer(self.0.send(ListChannels))
+    }
+
+    /// Members of `channel`, or with `None` the connections in at least one channel.
+    pub fn count_subscribers(
+        &self,
+        channel: Option<ChannelName>,
+    ) -> impl Future<Output = Result<usize, HubUnavailable>> + 'static {
+        answer(self.0.send(CountSubscribers { channel }))
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> impl Future<Output = Result<HubStats, HubUnavailable>> + 'static {
+        answer(self.0.send(Stats))
+    }
+
+    /// Refuse new connections, ask every session to close with `close`; the receiver fires
+    /// once the registry is empty.
+    pub fn shutdown(
+        &self,
+        close: Close,
+    ) -> impl Future<Output = Result<oneshot::Receiver<()>, HubUnavailable>> + 'static {
+        answer(self.0.send(Shutdown { close }))
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), ConnectRefused>")]
+struct Connect(Registration);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Disconnect {
+    id: ConnectionId,
+    serial: u64,
+}
+
+#[derive(Message)]
+#[rtype(result = "Vec<OpOutcome>")]
+struct Apply {
+    id: ConnectionId,
+    ops: Vec<ChannelOp>,
+}
+
+#[derive(Message)]
+#[rtype(result = "Delivery")]
+struct Publish {
+    channel: ChannelName,
+    data: serde_json::Value,
+}
+
+#[derive(Message)]
+#[rtype(result = "Delivery")]
+struct Broadcast {
+    data: serde_json::Value,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), Undelivered>")]
+struct SendTo {
+    id: ConnectionId,
+    frame: Frame,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), Undelivered>")]
+struct CloseConnection {
+    id: ConnectionId,
+    close: Close,
+}
+
+#[derive(Message)]
+#[rtype(result = "Vec<ConnectionInfo>")]
+struct ListConnections;
+
+#[derive(Message)]
+#[rtype(result = "Vec<ChannelInfo>")]
+struct ListChannels;
+
+#[derive(Message)]
+#[rtype(result = "usize")]
+struct CountSubscribers {
+    channel: Option<ChannelName>,
+}
+
+#[derive(Message)]
+#[rtype(result = "HubStats")]
+struct Stats;
+
+#[derive(Message)]
+#[rtype(result = "oneshot::Receiver<()>")]
+struct Shutdown {
+    close: Close,
+}
+
+/// How the hub reaches one session.
+struct Link {
     recipient: Recipient<Deliver>,
     dialect: DialectKind,
     backlog: Arc<Backlog>,
-    serial: u64,
-    route: Arc<str>,
-    remote: Option<Arc<str>>,
-    since: SystemTime,
-    channels: BTreeSet<ChannelName>,
-    prefixes: BTreeSet<Arc<str>>,
-    /// Bytes of the names in `channels` plus `prefixes`, held under
-    /// `limits.max_subscription_bytes`.
-    subscription_bytes: usize,
 }
 
 /// Whether a frame was handed to a session.
@@ -355,20 +271,41 @@ enum Queued {
     Gone,
 }
 
-/// The hub actor. Start it once, before the HTTP server, and clone its `Addr` into workers.
-pub struct Hub {
-    /// How much subscription state connections may make the hub hold.
-    limits: SubscriptionLimits,
-    connections: HashMap<ConnectionId, Entry>,
-    channels: HashMap<ChannelName, HashSet<ConnectionId>>,
-    /// Prefix subscriptions: a publish to channel `c` looks up each prefix of `c` here, so its
-    /// cost grows with the length of `c`, not with the number of distinct prefixes.
-    prefixes: HashMap<Arc<str>, HashSet<ConnectionId>>,
+impl Link {
+    /// Reserve room in the connection's backlog, then hand the frame to its session.
+    fn queue(&self, frame: Frame) -> Queued {
+        let size = match &frame {
+            Frame::Text(text) => text.len(),
+            Frame::Binary(bytes) => bytes.len(),
+        };
+        if !self.backlog.try_reserve(size) {
+            return Queued::Full;
+        }
+        match self.recipient.try_send(Deliver(Outbound::Frame(frame))) {
+            Ok(()) => Queued::Yes,
+            Err(SendError::Full(_)) => {
+                self.backlog.release(1, size);
+                Queued::Full
+            }
+            Err(SendError::Closed(_)) => {
+                self.backlog.release(1, size);
+                Queued::Gone
+            }
+        }
+    }
+}
+
+/// The hub actor: the registry, delivery, and shutdown.
+struct Hub {
+    registry: Registry<Link>,
     /// Set once shutdown began: new connections are refused.
     shutting_down: bool,
     /// Who waits for the registry to become empty.
     empty_waiters: Vec<oneshot::Sender<()>>,
-    stats: HubStats,
+    /// Deliveries dropped because a connection's backlog was full.
+    deliveries_dropped: u64,
+    /// Connections cut off because they stopped reading.
+    stalled: u64,
 }
 
 impl Actor for Hub {
@@ -380,26 +317,23 @@ impl Actor for Hub {
 }
 
 impl Hub {
-    /// An empty hub whose subscriptions are bounded by `limits`.
-    pub fn new(limits: SubscriptionLimits) -> Self {
+    fn new(limits: SubscriptionLimits) -> Self {
         Self {
-            limits,
-            connections: HashMap::new(),
-            channels: HashMap::new(),
-            prefixes: HashMap::new(),
+            registry: Registry::new(limits),
             shutting_down: false,
             empty_waiters: Vec::new(),
-            stats: HubStats::default(),
+            deliveries_dropped: 0,
+            stalled: 0,
         }
     }
 
     /// Queue a frame for one connection; a full backlog cuts the connection off.
     fn deliver(&mut self, id: &ConnectionId, frame: Frame) -> Result<(), Undelivered> {
-        let entry = self
-            .connections
+        let member = self
+            .registry
             .get(id)
             .ok_or(Undelivered::UnknownConnection)?;
-        match Self::queue(entry, frame) {
+        match member.link.queue(frame) {
             Queued::Yes => Ok(()),
             Queued::Full => {
                 self.cut_off(id);
@@ -412,53 +346,28 @@ impl Hub {
         }
     }
 
-    /// Reserve room in the connection's backlog, then hand the frame to its session.
-    fn queue(entry: &Entry, frame: Frame) -> Queued {
-        let size = match &frame {
-            Frame::Text(text) => text.len(),
-            Frame::Binary(bytes) => bytes.len(),
-        };
-        if !entry.backlog.try_reserve(size) {
-            return Queued::Full;
-        }
-        match entry.recipient.try_send(Deliver(Outbound::Frame(frame))) {
-            Ok(()) => Queued::Yes,
-            Err(SendError::Full(_)) => {
-                entry.backlog.release(1, size);
-                Queued::Full
-            }
-            Err(SendError::Closed(_)) => {
-                entry.backlog.release(1, size);
-                Queued::Gone
-            }
-        }
-    }
-
     /// Deliver one publication to many connections, then cut off those whose backlog was full.
     /// The publication is encoded once per dialect; every recipient shares those bytes.
-    fn fan_out<'a>(
-        &mut self,
-        targets: impl Iterator<Item = &'a ConnectionId>,
-        publication: Publication,
-    ) -> Delivery {
+    fn fan_out(&mut self, targets: &[ConnectionId], publication: Publication) -> Delivery {
         let mut delivery = Delivery::default();
         let mut stalled = Vec::new();
         let mut closed = Vec::new();
         for id in targets {
-            let Some(entry) = self.connections.get(id) else {
+            let Some(member) = self.registry.get(id) else {
                 continue;
             };
-            match Self::queue(entry, entry.dialect.encode(&publication)) {
+            let frame = dialect::encode(member.link.dialect, &publication);
+            match member.link.queue(frame) {
                 Queued::Yes => delivery.reached += 1,
-                Queued::Full => stalled.push(id.clone()),
-                Queued::Gone => closed.push(id.clone()),
+                Queued::Full => stalled.push(id),
+                Queued::Gone => closed.push(id),
             }
         }
         delivery.dropped = stalled.len();
-        for id in &stalled {
+        for id in stalled {
             self.cut_off(id);
         }
-        for id in &closed {
+        for id in closed {
             self.remove(id);
         }
         delivery
@@ -466,270 +375,78 @@ impl Hub {
 
     /// A connection stopped reading: drop it from the registry and ask it to close with 1008.
     fn cut_off(&mut self, id: &ConnectionId) {
-        self.stats.deliveries_dropped += 1;
-        self.stats.stalled_connections_closed += 1;
+        self.deliveries_dropped += 1;
+        self.stalled += 1;
         log::warn!("id={id} outbound queue full: the client stopped reading; closing with 1008");
-        if let Some(entry) = self.remove(id) {
-            // One close message beyond capacity is the bounded exception: it is sent once, and
-            // the connection gets nothing more from the hub.
-            entry.recipient.do_send(Deliver(Outbound::Close(Close::new(
-                close_code::POLICY_VIOLATION,
-                "outbound queue full: client is not reading",
-            ))));
+        if let Some(member) = self.remove(id) {
+            // One close message beyond the backlog is the bounded exception: it is sent once,
+            // and the connection gets nothing more from the hub.
+            member
+                .link
+                .recipient
+                .do_send(Deliver(Outbound::Close(Close::new(
+                    close_code::POLICY_VIOLATION,
+                    "outbound queue full: client is not reading",
+                ))));
         }
     }
 
-    /// Remove a connection and its memberships; wake shutdown waiters when the hub is empty.
-    fn remove(&mut self, id: &ConnectionId) -> Option<Entry> {
-        let entry = self.connections.remove(id)?;
-        self.stats.connections_closed += 1;
-        for channel in &entry.channels {
-            self.leave_channel(channel, id);
-        }
-        for prefix in &entry.prefixes {
-            if let Some(members) = self.prefixes.get_mut(prefix) {
-                members.remove(id);
-                if members.is_empty() {
-                    self.prefixes.remove(prefix);
-                }
-            }
-        }
-        if self.connections.is_empty() {
+    /// Remove a connection; wake shutdown waiters when the hub is empty.
+    fn remove(&mut self, id: &ConnectionId) -> Option<crate::registry::Member<Link>> {
+        let member = self.registry.remove(id);
+        self.after_removal();
+        member
+    }
+
+    fn after_removal(&mut self) {
+        if self.registry.is_empty() {
             for waiter in self.empty_waiters.drain(..) {
                 let _ = waiter.send(());
             }
         }
-        Some(entry)
     }
 
-    fn leave_channel(&mut self, channel: &ChannelName, id: &ConnectionId) {
-        if let Some(members) = self.channels.get_mut(channel) {
-            members.remove(id);
-            if members.is_empty() {
-                self.channels.remove(channel);
-            }
-        }
-    }
-
-    fn apply(&mut self, id: &ConnectionId, op: ChannelOp) -> OpOutcome {
-        let Some(entry) = self.connections.get_mut(id) else {
-            return OpOutcome::UnknownConnection;
-        };
-        let limits = self.limits;
-        let held = entry.channels.len() + entry.prefixes.len();
-        // Distinct channels and prefixes of all connections (what `max_channels` bounds).
-        let distinct = self.channels.len() + self.prefixes.len();
-        match op {
-            ChannelOp::Subscribe(channel) => {
-                if entry.channels.contains(&channel) {
-                    return OpOutcome::Subscribed;
-                }
-                if held >= limits.per_connection {
-                    return OpOutcome::LimitReached(SubscriptionLimit::Count(
-                        limits.per_connection,
-                    ));
-                }
-                let bytes = entry.subscription_bytes + channel.as_str().len();
-                if bytes > limits.bytes_per_connection {
-                    return OpOutcome::LimitReached(SubscriptionLimit::Bytes(
-                        limits.bytes_per_connection,
-                    ));
-                }
-                // A channel that exists already lends its name: the bytes are held once.
-                let channel = match self.channels.get_key_value(&channel) {
-                    Some((name, _)) => name.clone(),
-                    None if distinct >= limits.channels => {
-                        return OpOutcome::LimitReached(SubscriptionLimit::Channels(
-                            limits.channels,
-                        ))
-                    }
-                    None => channel,
-                };
-                entry.subscription_bytes = bytes;
-                entry.channels.insert(channel.clone());
-                self.channels.entry(channel).or_default().insert(id.clone());
-                OpOutcome::Subscribed
-            }
-            ChannelOp::Unsubscribe(channel) => {
-                if entry.channels.remove(&channel) {
-                    entry.subscription_bytes -= channel.as_str().len();
-                    self.leave_channel(&channel, id);
-                }
-                OpOutcome::Unsubscribed
-            }
-            ChannelOp::SubscribePrefix(prefix) => {
-                if entry.prefixes.contains(prefix.as_str()) {
-                    return OpOutcome::Subscribed;
-                }
-                if held >= limits.per_connection {
-                    return OpOutcome::LimitReached(SubscriptionLimit::Count(
-                        limits.per_connection,
-                    ));
-                }
-                let bytes = entry.subscription_bytes + prefix.len();
-                if bytes > limits.bytes_per_connection {
-                    return OpOutcome::LimitReached(SubscriptionLimit::Bytes(
-                        limits.bytes_per_connection,
-                    ));
-                }
-                let prefix: Arc<str> = match self.prefixes.get_key_value(prefix.as_str()) {
-                    Some((name, _)) => name.clone(),
-                    None if distinct >= limits.channels => {
-                        return OpOutcome::LimitReached(SubscriptionLimit::Channels(
-                            limits.channels,
-                        ))
-                    }
-                    None => Arc::from(prefix),
-                };
-                entry.subscription_bytes = bytes;
-                entry.prefixes.insert(prefix.clone());
-                self.prefixes.entry(prefix).or_default().insert(id.clone());
-                OpOutcome::Subscribed
-            }
-            ChannelOp::Replace(wanted) => {
-                if wanted.len() + entry.prefixes.len() > limits.per_connection {
-                    return OpOutcome::LimitReached(SubscriptionLimit::Count(
-                        limits.per_connection,
-                    ));
-                }
-                let prefix_bytes: usize = entry.prefixes.iter().map(|p| p.len()).sum();
-                let bytes = prefix_bytes + wanted.iter().map(|c| c.as_str().len()).sum::<usize>();
-                if bytes > limits.bytes_per_connection {
-                    return OpOutcome::LimitReached(SubscriptionLimit::Bytes(
-                        limits.bytes_per_connection,
-                    ));
-                }
-                let created = wanted
-                    .iter()
-                    .filter(|c| !self.channels.contains_key(*c))
-                    .count();
-                // Channels only this connection is in disappear when it leaves them.
-                let emptied = entry
-                    .channels
-                    .difference(&wanted)
-                    .filter(|c| self.channels.get(*c).is_some_and(|m| m.len() == 1))
-                    .count();
-                if created > 0 && distinct + created - emptied > limits.channels {
-                    return OpOutcome::LimitReached(SubscriptionLimit::Channels(limits.channels));
-                }
-                // Existing channels lend their names, so the bytes are held once.
-                let wanted: BTreeSet<ChannelName> = wanted
-                    .into_iter()
-                    .map(|c| match self.channels.get_key_value(&c) {
-                        Some((name, _)) => name.clone(),
-                        None => c,
-                    })
-                    .collect();
-                let left: Vec<ChannelName> = entry.channels.difference(&wanted).cloned().collect();
-                let joined: Vec<ChannelName> =
-                    wanted.difference(&entry.channels).cloned().collect();
-                entry.channels = wanted;
-                entry.subscription_bytes = bytes;
-                let current = entry.channels.iter().cloned().collect();
-                for channel in &left {
-                    self.leave_channel(channel, id);
-                }
-                for channel in &joined {
-                    self.channels
-                        .entry(channel.clone())
-                        .or_default()
-                        .insert(id.clone());
-                }
-                OpOutcome::Replaced {
-                    current,
-                    left,
-                    joined,
-                    denied: Vec::new(),
-                }
-            }
-            ChannelOp::Publish {
-                channel,
-                data,
-                exclude_sender,
-                require_subscribed,
-            } => {
-                if require_subscribed && !entry.channels.contains(&channel) {
-                    return OpOutcome::NotSubscribed(channel);
-                }
-                let delivery = self.publish(channel, data, exclude_sender.then_some(id));
-                OpOutcome::Published(delivery)
-            }
+    /// Interest changes are the seam for a cluster; a single node has nobody to tell.
+    fn settle(&mut self) {
+        for change in self.registry.take_interest() {
+            log::trace!("channel interest: {change:?}");
         }
     }
 
     fn publish(
         &mut self,
+        targets: &[ConnectionId],
         channel: ChannelName,
         data: serde_json::Value,
-        exclude: Option<&ConnectionId>,
     ) -> Delivery {
-        // The targets are copied so delivery may cut members off while walking them.
-        let mut targets: Vec<ConnectionId> = self
-            .channels
-            .get(&channel)
-            .into_iter()
-            .flatten()
-            .filter(|member| Some(*member) != exclude)
-            .cloned()
-            .collect();
-        if !self.prefixes.is_empty() {
-            // Each prefix of the name (the empty one and the whole name included) is one
-            // lookup; a connection matched several times is delivered to once.
-            let name = channel.as_str();
-            let mut seen: HashSet<&ConnectionId> = targets.iter().collect();
-            let mut matched = Vec::new();
-            let ends = name.char_indices().map(|(i, _)| i).chain([name.len()]);
-            for end in ends {
-                for member in self.prefixes.get(&name[..end]).into_iter().flatten() {
-                    if Some(member) != exclude && seen.insert(member) {
-                        matched.push(member.clone());
-                    }
-                }
-            }
-            targets.extend(matched);
-        }
         let publication = Publication::new(Some(channel), data, PublicationKind::Message);
-        self.fan_out(targets.iter(), publication)
+        self.fan_out(targets, publication)
     }
 }
 
 impl Handler<Connect> for Hub {
     type Result = Result<(), ConnectRefused>;
 
-    fn handle(&mut self, msg: Connect, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Connect(msg): Connect, _: &mut Context<Self>) -> Self::Result {
         if self.shutting_down {
             return Err(ConnectRefused::ShuttingDown);
         }
-        if self.connections.contains_key(&msg.id) {
-            if !msg.replace {
-                return Err(ConnectRefused::Duplicate);
-            }
+        let link = Link {
+            recipient: msg.recipient,
+            dialect: msg.dialect,
+            backlog: msg.backlog,
+        };
+        let id = msg.id.clone();
+        let replaced =
+            self.registry
+                .register(msg.id, msg.route, msg.remote, msg.serial, msg.replace, link)?;
+        if let Some(old) = replaced {
             // The newer connection wins; the older one is told why and forgotten at once, so a
             // push always reaches the live connection and no orphan entry is left behind.
-            if let Some(old) = self.remove(&msg.id) {
-                log::info!(
-                    "id={} replaced by a newer connection with the same id",
-                    msg.id
-                );
-                old.recipient.do_send(Deliver(Outbound::Replaced));
-            }
+            log::info!("id={id} replaced by a newer connection with the same id");
+            old.link.recipient.do_send(Deliver(Outbound::Replaced));
         }
-        self.stats.connections_opened += 1;
-        self.connections.insert(
-            msg.id,
-            Entry {
-                recipient: msg.recipient,
-                dialect: msg.dialect,
-                backlog: msg.backlog,
-                serial: msg.serial,
-                route: msg.route,
-                remote: msg.remote,
-                since: SystemTime::now(),
-                channels: BTreeSet::new(),
-                prefixes: BTreeSet::new(),
-                subscription_bytes: 0,
-            },
-        );
+        self.settle();
         Ok(())
     }
 }
@@ -738,9 +455,10 @@ impl Handler<Disconnect> for Hub {
     type Result = ();
 
     fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
-        if self.connections.get(&msg.id).map(|e| e.serial) == Some(msg.serial) {
-            self.remove(&msg.id);
+        if self.registry.deregister(&msg.id, msg.serial).is_some() {
+            self.after_removal();
         }
+        self.settle();
     }
 }
 
@@ -751,8 +469,16 @@ impl Handler<Apply> for Hub {
         let outcomes = msg
             .ops
             .into_iter()
-            .map(|op| self.apply(&msg.id, op))
+            .map(|op| match self.registry.apply(&msg.id, op) {
+                Applied::Outcome(outcome) => outcome,
+                Applied::Publish {
+                    targets,
+                    channel,
+                    data,
+                } => OpOutcome::Published(self.publish(&targets, channel, data)),
+            })
             .collect();
+        self.settle();
         MessageResult(outcomes)
     }
 }
@@ -761,7 +487,10 @@ impl Handler<Publish> for Hub {
     type Result = MessageResult<Publish>;
 
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.publish(msg.channel, msg.data, None))
+        let targets = self.registry.targets(&msg.channel, None);
+        let delivery = self.publish(&targets, msg.channel, msg.data);
+        self.settle();
+        MessageResult(delivery)
     }
 }
 
@@ -769,9 +498,12 @@ impl Handler<Broadcast> for Hub {
     type Result = MessageResult<Broadcast>;
 
     fn handle(&mut self, msg: Broadcast, _: &mut Context<Self>) -> Self::Result {
-        let targets: Vec<ConnectionId> = self.connections.keys().cloned().collect();
+        let targets: Vec<ConnectionId> =
+            self.registry.members().map(|(id, _)| id.clone()).collect();
         let publication = Publication::new(None, msg.data, PublicationKind::Broadcast);
-        MessageResult(self.fan_out(targets.iter(), publication))
+        let delivery = self.fan_out(&targets, publication);
+        self.settle();
+        MessageResult(delivery)
     }
 }
 
@@ -779,7 +511,9 @@ impl Handler<SendTo> for Hub {
     type Result = Result<(), Undelivered>;
 
     fn handle(&mut self, msg: SendTo, _: &mut Context<Self>) -> Self::Result {
-        self.deliver(&msg.id, msg.frame)
+        let result = self.deliver(&msg.id, msg.frame);
+        self.settle();
+        result
     }
 }
 
@@ -787,12 +521,15 @@ impl Handler<CloseConnection> for Hub {
     type Result = Result<(), Undelivered>;
 
     fn handle(&mut self, msg: CloseConnection, _: &mut Context<Self>) -> Self::Result {
-        let entry = self
-            .connections
+        let member = self
+            .registry
             .get(&msg.id)
             .ok_or(Undelivered::UnknownConnection)?;
         // A close is one small message beyond the backlog: it must reach a stalled client too.
-        entry.recipient.do_send(Deliver(Outbound::Close(msg.close)));
+        member
+            .link
+            .recipient
+            .do_send(Deliver(Outbound::Close(msg.close)));
         Ok(())
     }
 }
@@ -801,24 +538,7 @@ impl Handler<ListConnections> for Hub {
     type Result = MessageResult<ListConnections>;
 
     fn handle(&mut self, _: ListConnections, _: &mut Context<Self>) -> Self::Result {
-        let mut list: Vec<ConnectionInfo> = self
-            .connections
-            .iter()
-            .map(|(id, entry)| ConnectionInfo {
-                id: id.clone(),
-                route: entry.route.clone(),
-                remote: entry.remote.clone(),
-                channels: entry.channels.iter().cloned().collect(),
-                prefixes: entry.prefixes.iter().cloned().collect(),
-                connected_since: entry
-                    .since
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-            })
-            .collect();
-        list.sort_by(|a, b| a.id.cmp(&b.id));
-        MessageResult(list)
+        MessageResult(self.registry.list_connections())
     }
 }
 
@@ -826,16 +546,7 @@ impl Handler<ListChannels> for Hub {
     type Result = MessageResult<ListChannels>;
 
     fn handle(&mut self, _: ListChannels, _: &mut Context<Self>) -> Self::Result {
-        let mut list: Vec<ChannelInfo> = self
-            .channels
-            .iter()
-            .map(|(name, members)| ChannelInfo {
-                name: name.clone(),
-                subscribers: members.len(),
-            })
-            .collect();
-        list.sort_by(|a, b| a.name.cmp(&b.name));
-        MessageResult(list)
+        MessageResult(self.registry.list_channels())
     }
 }
 
@@ -843,14 +554,7 @@ impl Handler<CountSubscribers> for Hub {
     type Result = usize;
 
     fn handle(&mut self, msg: CountSubscribers, _: &mut Context<Self>) -> usize {
-        match msg.channel {
-            Some(channel) => self.channels.get(&channel).map_or(0, HashSet::len),
-            None => self
-                .connections
-                .values()
-                .filter(|e| !e.channels.is_empty() || !e.prefixes.is_empty())
-                .count(),
-        }
+        self.registry.count_subscribers(msg.channel.as_ref())
     }
 }
 
@@ -858,10 +562,14 @@ impl Handler<Stats> for Hub {
     type Result = MessageResult<Stats>;
 
     fn handle(&mut self, _: Stats, _: &mut Context<Self>) -> Self::Result {
+        let (opened, closed) = self.registry.totals();
         MessageResult(HubStats {
-            connections: self.connections.len(),
-            channels: self.channels.len(),
-            ..self.stats
+            connections: self.registry.len(),
+            channels: self.registry.channel_count(),
+            connections_opened: opened,
+            connections_closed: closed,
+            deliveries_dropped: self.deliveries_dropped,
+            stalled_connections_closed: self.stalled,
         })
     }
 }
@@ -872,14 +580,15 @@ impl Handler<Shutdown> for Hub {
     fn handle(&mut self, msg: Shutdown, _: &mut Context<Self>) -> Self::Result {
         self.shutting_down = true;
         let (tx, rx) = oneshot::channel();
-        if self.connections.is_empty() {
+        if self.registry.is_empty() {
             let _ = tx.send(());
         } else {
             self.empty_waiters.push(tx);
-            for entry in self.connections.values() {
+            for (_, member) in self.registry.members() {
                 // Shutdown is the one moment every session gets exactly one message beyond its
-                // queue: the close it must see even when its queue is full.
-                entry
+                // backlog: the close it must see even when its queue is full.
+                member
+                    .link
                     .recipient
                     .do_send(Deliver(Outbound::Close(msg.close.clone())));
             }
@@ -892,176 +601,62 @@ impl Handler<Shutdown> for Hub {
 mod tests {
     use super::*;
 
-    /// A session stand-in that swallows deliveries.
-    struct Sink;
+    /// A session stand-in that counts deliveries.
+    struct Counter(std::rc::Rc<std::cell::Cell<usize>>);
 
-    impl Actor for Sink {
+    impl Actor for Counter {
         type Context = Context<Self>;
     }
 
-    impl Handler<Deliver> for Sink {
+    impl Handler<Deliver> for Counter {
         type Result = ();
 
-        fn handle(&mut self, _: Deliver, _: &mut Context<Self>) {}
-    }
-
-    fn channel(name: &str) -> ChannelName {
-        ChannelName::parse(name).unwrap()
-    }
-
-    /// A hub with these limits and `n` registered connections `c0`, `c1`, ...
-    async fn hub_with(limits: SubscriptionLimits, n: usize) -> (Addr<Hub>, Vec<ConnectionId>) {
-        let hub = Hub::new(limits).start();
-        let mut ids = Vec::new();
-        for i in 0..n {
-            let id = ConnectionId::parse(&format!("c{i}")).unwrap();
-            hub.send(Connect {
-                id: id.clone(),
-                route: Arc::from("/rpc"),
-                remote: None,
-                recipient: Sink.start().recipient(),
-                serial: i as u64,
-                replace: false,
-                dialect: DialectKind::JsonRpc,
-                backlog: Arc::new(Backlog::new(16, 1 << 20)),
-            })
-            .await
-            .unwrap()
-            .unwrap();
-            ids.push(id);
+        fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
+            if let Outbound::Frame(_) = msg.0 {
+                self.0.set(self.0.get() + 1);
+            }
         }
-        (hub, ids)
-    }
-
-    async fn apply(hub: &Addr<Hub>, id: &ConnectionId, op: ChannelOp) -> OpOutcome {
-        let mut outcomes = hub
-            .send(Apply {
-                id: id.clone(),
-                ops: vec![op],
-            })
-            .await
-            .unwrap();
-        outcomes.pop().unwrap()
     }
 
     const ROOMY: SubscriptionLimits = SubscriptionLimits {
-        per_connection: 1_000,
+        per_connection: 100,
         bytes_per_connection: 1 << 20,
-        channels: 1_000,
+        channels: 1000,
     };
 
     #[actix_web::test]
-    async fn a_connection_holds_at_most_its_byte_budget() {
-        let limits = SubscriptionLimits {
-            bytes_per_connection: 600,
-            ..ROOMY
-        };
-        let (hub, ids) = hub_with(limits, 1).await;
-        let c = &ids[0];
-        let a = "a".repeat(256);
-        let b = "b".repeat(256);
-        let sub = |name: &str| ChannelOp::Subscribe(channel(name));
-        assert_eq!(apply(&hub, c, sub(&a)).await, OpOutcome::Subscribed);
-        assert_eq!(apply(&hub, c, sub(&b)).await, OpOutcome::Subscribed);
-        assert_eq!(
-            apply(&hub, c, sub(&a)).await,
-            OpOutcome::Subscribed,
-            "idempotent"
-        );
-        let refused = OpOutcome::LimitReached(SubscriptionLimit::Bytes(600));
-        assert_eq!(apply(&hub, c, sub(&"c".repeat(89))).await, refused);
-        assert_eq!(
-            apply(&hub, c, ChannelOp::SubscribePrefix("p".repeat(89))).await,
-            refused
-        );
-        assert_eq!(
-            apply(&hub, c, sub(&"c".repeat(88))).await,
-            OpOutcome::Subscribed
-        );
-        // Leaving gives the bytes back.
-        apply(&hub, c, ChannelOp::Unsubscribe(channel(&a))).await;
-        assert_eq!(
-            apply(&hub, c, ChannelOp::SubscribePrefix("p".repeat(256))).await,
-            OpOutcome::Subscribed
-        );
-        // A replacement is measured whole, the prefixes included (256 + 256 + 89 > 600).
-        let wanted: BTreeSet<_> = [b.as_str(), &"d".repeat(89)]
-            .into_iter()
-            .map(channel)
-            .collect();
-        assert_eq!(apply(&hub, c, ChannelOp::Replace(wanted)).await, refused);
-        let wanted: BTreeSet<_> = [b.as_str(), &"d".repeat(88)]
-            .into_iter()
-            .map(channel)
-            .collect();
-        assert!(matches!(
-            apply(&hub, c, ChannelOp::Replace(wanted)).await,
-            OpOutcome::Replaced { .. }
-        ));
-        // The count limit is still reported as such.
-        let limits = SubscriptionLimits {
-            per_connection: 1,
-            ..ROOMY
-        };
-        let (hub, ids) = hub_with(limits, 1).await;
-        apply(&hub, &ids[0], sub("x")).await;
-        assert_eq!(
-            apply(&hub, &ids[0], sub("y")).await,
-            OpOutcome::LimitReached(SubscriptionLimit::Count(1))
-        );
-    }
-
-    #[actix_web::test]
-    async fn the_hub_holds_at_most_max_channels_distinct_channels_and_prefixes() {
-        let limits = SubscriptionLimits {
-            channels: 3,
-            ..ROOMY
-        };
-        let (hub, ids) = hub_with(limits, 2).await;
-        let (a, b) = (&ids[0], &ids[1]);
-        let sub = |name: &str| ChannelOp::Subscribe(channel(name));
-        let full = OpOutcome::LimitReached(SubscriptionLimit::Channels(3));
-        assert_eq!(apply(&hub, a, sub("one")).await, OpOutcome::Subscribed);
-        assert_eq!(apply(&hub, a, sub("two")).await, OpOutcome::Subscribed);
-        assert_eq!(
-            apply(&hub, a, ChannelOp::SubscribePrefix("p.".into())).await,
-            OpOutcome::Subscribed
-        );
-        assert_eq!(apply(&hub, b, sub("three")).await, full);
-        assert_eq!(
-            apply(&hub, b, ChannelOp::SubscribePrefix("q.".into())).await,
-            full
-        );
-        // Existing channels and prefixes can still be joined.
-        assert_eq!(apply(&hub, b, sub("one")).await, OpOutcome::Subscribed);
-        assert_eq!(
-            apply(&hub, b, ChannelOp::SubscribePrefix("p.".into())).await,
-            OpOutcome::Subscribed
-        );
-        let more: BTreeSet<_> = ["one", "four"].into_iter().map(channel).collect();
-        assert_eq!(apply(&hub, b, ChannelOp::Replace(more)).await, full);
-        // A replacement that empties a channel of its own makes room for its new one.
-        apply(&hub, a, ChannelOp::Unsubscribe(channel("one"))).await;
-        let keep: BTreeSet<_> = ["two", "four"].into_iter().map(channel).collect();
-        assert_eq!(
-            apply(&hub, a, ChannelOp::Replace(keep)).await,
-            full,
-            "two stays"
-        );
-        let swap: BTreeSet<_> = ["four"].into_iter().map(channel).collect();
-        assert!(matches!(
-            apply(&hub, a, ChannelOp::Replace(swap)).await,
-            OpOutcome::Replaced { .. }
-        ));
-        // Once a channel's last member leaves, its slot is free again.
-        hub.send(Disconnect {
-            id: a.clone(),
-            serial: 0,
+    async fn a_full_backlog_drops_the_delivery_and_cuts_the_connection_off() {
+        let hub = HubHandle::start(ROOMY);
+        let count = std::rc::Rc::new(std::cell::Cell::new(0));
+        let backlog = Arc::new(Backlog::new(2, 1 << 20));
+        let id = ConnectionId::parse("slow").unwrap();
+        hub.connect(Registration {
+            id: id.clone(),
+            route: Arc::from("/rpc"),
+            remote: None,
+            recipient: Counter(count.clone()).start().recipient(),
+            serial: 1,
+            replace: false,
+            dialect: DialectKind::JsonRpc,
+            backlog: backlog.clone(),
         })
         .await
+        .unwrap()
         .unwrap();
-        assert_eq!(apply(&hub, b, sub("five")).await, OpOutcome::Subscribed);
-        let stats = hub.send(Stats).await.unwrap();
-        assert_eq!(stats.channels, 2, "one and five");
+        let channel = ChannelName::parse("c").unwrap();
+        let ops = vec![ChannelOp::Subscribe(channel.clone())];
+        hub.apply(id.clone(), ops).await.unwrap();
+        // Nobody writes: the backlog holds two, the third publication finds it full.
+        for expected in [(1, 0), (1, 0), (0, 1)] {
+            let delivery = hub
+                .publish(channel.clone(), serde_json::json!({"n": 1}))
+                .await
+                .unwrap();
+            assert_eq!((delivery.reached, delivery.dropped), expected);
+        }
+        let stats = hub.stats().await.unwrap();
+        assert_eq!(stats.connections, 0);
+        assert_eq!(stats.stalled_connections_closed, 1);
+        assert_eq!(count.get(), 2);
     }
 }

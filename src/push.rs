@@ -25,7 +25,6 @@
 use std::future::{ready, Ready};
 use std::time::Duration;
 
-use actix::{Addr, MailboxError};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
 use base64::Engine;
@@ -34,13 +33,12 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::channel::{close_code, ChannelName, Close, Frame};
+use crate::channel::ChannelName;
 use crate::config::{PushConfig, RelayFormat};
 use crate::connection::ConnectionId;
-use crate::hub::{
-    Broadcast, CloseConnection, Hub, ListChannels, ListConnections, Publish, SendTo, Stats,
-    Undelivered,
-};
+use crate::delivery::Undelivered;
+use crate::frame::{close_code, Close, Frame};
+use crate::hub::{HubHandle, HubUnavailable};
 use crate::origin::{HostPolicy, OriginPolicy};
 
 /// The push API's shared settings, kept in app data.
@@ -154,8 +152,8 @@ impl ResponseError for ApiError {
     }
 }
 
-impl From<MailboxError> for ApiError {
-    fn from(_: MailboxError) -> Self {
+impl From<HubUnavailable> for ApiError {
+    fn from(_: HubUnavailable) -> Self {
         ApiError::Unavailable("the hub is not answering".into())
     }
 }
@@ -377,10 +375,10 @@ fn connection_id(text: &str) -> Result<ConnectionId, ApiError> {
 async fn healthz(
     _: Allowed,
     req: HttpRequest,
-    hub: web::Data<Addr<Hub>>,
+    hub: web::Data<HubHandle>,
     settings: web::Data<PushSettings>,
 ) -> Result<HttpResponse, ApiError> {
-    let stats = hub.send(Stats).await?;
+    let stats = hub.stats().await?;
     let mut body = serde_json::to_value(stats).expect("stats serialize");
     body["status"] = json!("ok");
     // Which hub answered: operators (and the CLI) tell hubs on one machine apart by these.
@@ -395,14 +393,14 @@ async fn healthz(
 
 async fn list_connections(
     _: Authorized,
-    hub: web::Data<Addr<Hub>>,
+    hub: web::Data<HubHandle>,
 ) -> Result<HttpResponse, ApiError> {
-    let connections = hub.send(ListConnections).await?;
+    let connections = hub.connections().await?;
     Ok(HttpResponse::Ok().json(json!({"connections": connections})))
 }
 
-async fn list_channels(_: Authorized, hub: web::Data<Addr<Hub>>) -> Result<HttpResponse, ApiError> {
-    let channels = hub.send(ListChannels).await?;
+async fn list_channels(_: Authorized, hub: web::Data<HubHandle>) -> Result<HttpResponse, ApiError> {
+    let channels = hub.channels().await?;
     Ok(HttpResponse::Ok().json(json!({"channels": channels})))
 }
 
@@ -416,7 +414,7 @@ struct SendBody {
 async fn send(
     _: Authorized,
     req: HttpRequest,
-    hub: web::Data<Addr<Hub>>,
+    hub: web::Data<HubHandle>,
     settings: web::Data<PushSettings>,
     id: web::Path<String>,
     payload: web::Payload,
@@ -437,7 +435,7 @@ async fn send(
             ))
         }
     };
-    hub.send(SendTo { id, frame }).await??;
+    hub.send_to(id, frame).await??;
     Ok(HttpResponse::Ok().json(json!({"sent": true})))
 }
 
@@ -457,7 +455,7 @@ fn normal_close() -> u16 {
 async fn close(
     _: Authorized,
     req: HttpRequest,
-    hub: web::Data<Addr<Hub>>,
+    hub: web::Data<HubHandle>,
     settings: web::Data<PushSettings>,
     id: web::Path<String>,
     payload: web::Payload,
@@ -474,14 +472,14 @@ async fn close(
             body.code
         )));
     }
-    if body.reason.len() > crate::channel::MAX_CLOSE_REASON {
+    if body.reason.len() > crate::frame::MAX_CLOSE_REASON {
         return Err(ApiError::BadRequest(format!(
             "close reason is longer than {} bytes",
-            crate::channel::MAX_CLOSE_REASON
+            crate::frame::MAX_CLOSE_REASON
         )));
     }
     let close = Close::new(body.code, body.reason);
-    hub.send(CloseConnection { id, close }).await??;
+    hub.close(id, close).await??;
     Ok(HttpResponse::Ok().json(json!({"closed": true})))
 }
 
@@ -495,19 +493,14 @@ struct PublishBody {
 async fn publish(
     _: Authorized,
     req: HttpRequest,
-    hub: web::Data<Addr<Hub>>,
+    hub: web::Data<HubHandle>,
     settings: web::Data<PushSettings>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body: PublishBody = read_json(&req, payload, &settings, None).await?;
     let channel = ChannelName::parse(&body.channel)
         .map_err(|e| ApiError::BadRequest(format!("`channel`: {e}")))?;
-    let delivery = hub
-        .send(Publish {
-            channel: channel.clone(),
-            data: body.data,
-        })
-        .await?;
+    let delivery = hub.publish(channel.clone(), body.data).await?;
     Ok(HttpResponse::Ok().json(json!({
         "channel": channel,
         "reached": delivery.reached,
@@ -524,12 +517,12 @@ struct BroadcastBody {
 async fn broadcast(
     _: Authorized,
     req: HttpRequest,
-    hub: web::Data<Addr<Hub>>,
+    hub: web::Data<HubHandle>,
     settings: web::Data<PushSettings>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body: BroadcastBody = read_json(&req, payload, &settings, None).await?;
-    let delivery = hub.send(Broadcast { data: body.data }).await?;
+    let delivery = hub.broadcast(body.data).await?;
     Ok(HttpResponse::Ok().json(delivery))
 }
 
@@ -545,7 +538,7 @@ fn plain(status: StatusCode, body: &'static str) -> HttpResponse {
 async fn socketdock_send(
     _: Authorized,
     req: HttpRequest,
-    hub: web::Data<Addr<Hub>>,
+    hub: web::Data<HubHandle>,
     settings: web::Data<PushSettings>,
     id: web::Path<String>,
     payload: web::Payload,
@@ -564,26 +557,26 @@ async fn socketdock_send(
     } else {
         Frame::Binary(body)
     };
-    hub.send(SendTo { id, frame }).await??;
+    hub.send_to(id, frame).await??;
     Ok(plain(StatusCode::OK, "OK"))
 }
 
 /// SocketDock `POST /socket/{id}/disconnect`: close with 1000; 200 `OK`.
 async fn socketdock_disconnect(
     _: Authorized,
-    hub: web::Data<Addr<Hub>>,
+    hub: web::Data<HubHandle>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = connection_id(&id)?;
     let close = Close::new(close_code::NORMAL, "");
-    hub.send(CloseConnection { id, close }).await??;
+    hub.close(id, close).await??;
     Ok(plain(StatusCode::OK, "OK"))
 }
 
 /// ws2api `POST /{id}`: the body as a text frame; 200 `ok`, unknown id 404 `not found`.
 async fn ws2api_push(
     _: Authorized,
-    hub: web::Data<Addr<Hub>>,
+    hub: web::Data<HubHandle>,
     settings: web::Data<PushSettings>,
     id: web::Path<String>,
     payload: web::Payload,
@@ -597,7 +590,7 @@ async fn ws2api_push(
         Ok(text) => Frame::Text(text),
         Err(_) => Frame::Binary(body),
     };
-    match hub.send(SendTo { id, frame }).await? {
+    match hub.send_to(id, frame).await? {
         Ok(()) => Ok(plain(StatusCode::OK, "ok")),
         Err(Undelivered::UnknownConnection) => Ok(plain(StatusCode::NOT_FOUND, "not found")),
         Err(e) => Err(e.into()),

@@ -12,7 +12,6 @@
 //! | available_channels | {} | [channel, ...] |
 //! | ping | {} | {"ping": "ok"} |
 
-use actix::Addr;
 use actix_web::{web, HttpResponse};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -22,14 +21,14 @@ use crate::dialect::jsonrpc::{
     channel_param, error, join_batch, split, success, Body, Request, INVALID_PARAMS,
     METHOD_NOT_FOUND, PARSE_ERROR,
 };
-use crate::hub::{Broadcast, CountSubscribers, Hub, ListChannels, Publish};
+use crate::hub::HubHandle;
 use crate::push::{read_body, ApiError, Authorized, PushSettings};
 
 /// `POST /`: run the request or batch; 200 with the response(s), 204 when all were
 /// notifications.
 pub async fn handle(
     _: Authorized,
-    hub: web::Data<Addr<Hub>>,
+    hub: web::Data<HubHandle>,
     settings: web::Data<PushSettings>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -63,7 +62,7 @@ pub async fn handle(
 }
 
 /// Run one call; `None` for a notification.
-async fn run(hub: &Addr<Hub>, call: &RawValue) -> Result<Option<String>, ApiError> {
+async fn run(hub: &HubHandle, call: &RawValue) -> Result<Option<String>, ApiError> {
     let Request { id, method, params } = match Request::parse(call) {
         Ok(request) => request,
         Err(response) => return Ok(response),
@@ -73,7 +72,7 @@ async fn run(hub: &Addr<Hub>, call: &RawValue) -> Result<Option<String>, ApiErro
         "emit" => match (channel_param(&params), params.get("data")) {
             (Ok(channel), Some(data @ Value::Object(_))) => {
                 let data = data.clone();
-                let delivery = hub.send(Publish { channel, data }).await?;
+                let delivery = hub.publish(channel, data).await?;
                 Ok(json!(format!("emitted: {}", delivery.reached)))
             }
             (Err(message), _) => Err((INVALID_PARAMS, message)),
@@ -82,7 +81,7 @@ async fn run(hub: &Addr<Hub>, call: &RawValue) -> Result<Option<String>, ApiErro
         "notify_all" => match params.get("data") {
             Some(data @ Value::Object(_)) => {
                 let data = data.clone();
-                let delivery = hub.send(Broadcast { data }).await?;
+                let delivery = hub.broadcast(data).await?;
                 Ok(json!(format!("notified: {}", delivery.reached)))
             }
             _ => Err((INVALID_PARAMS, data_must_be_object())),
@@ -99,12 +98,12 @@ async fn run(hub: &Addr<Hub>, call: &RawValue) -> Result<Option<String>, ApiErro
                 )),
             };
             match channel {
-                Ok(channel) => Ok(json!(hub.send(CountSubscribers { channel }).await?)),
+                Ok(channel) => Ok(json!(hub.count_subscribers(channel).await?)),
                 Err(e) => Err(e),
             }
         }
         "available_channels" => {
-            let channels = hub.send(ListChannels).await?;
+            let channels = hub.channels().await?;
             Ok(json!(channels.into_iter().map(|c| c.name).collect::<Vec<_>>()))
         }
         other => Err((

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::rc::Rc;
 use std::time::Duration;
 
-use actix::{Actor, Addr};
 use actix_http::HttpService;
 use actix_service::{fn_factory, fn_service, map_config};
 use actix_web::dev::{AppConfig, ResourceDef};
@@ -20,11 +19,12 @@ use crate::backend::admission::Admission;
 use crate::backend::authorizer::Authorizer;
 use crate::backend::http::PendingNotices;
 use crate::backend::Backend;
-use crate::channel::{close_code, Close};
 use crate::config::{BackendKind, Config};
-use crate::hub::{Hub, Shutdown, Stats};
+use crate::frame::{close_code, Close};
+use crate::hub::HubHandle;
 use crate::push::{self, PushSettings};
 use crate::session::RouteContext;
+use crate::shutdown;
 use crate::upgrade::{self, Upgrader};
 
 /// The sample page, embedded so the binary serves it from any working directory.
@@ -144,10 +144,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
     // One hub for the whole process, started before the servers; workers get its address.
-    let hub = Hub::new(config.limits.subscriptions()).start();
+    let hub = HubHandle::start(config.limits.subscriptions());
     let hub_data = web::Data::new(hub.clone());
-    // Sessions alive, cut-off and replaced ones included: shutdown waits for all of them.
-    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Every session holds a guard, cut-off and replaced ones included: shutdown waits for all
+    // of them.
+    let (sessions, mut sessions_done) = shutdown::tracker();
     let routes: Vec<web::Data<RouteContext>> = config
         .routes
         .iter()
@@ -163,7 +164,7 @@ pub async fn run(
                 },
                 xrf_cookie: route.xrf_cookie.clone(),
                 accept_url: route.accept_url.clone(),
-                live: live.clone(),
+                sessions: sessions.clone(),
                 limits: config.limits.clone(),
                 hub: hub.clone(),
                 client_ids: route.path.contains("{id}"),
@@ -302,7 +303,7 @@ pub async fn run(
     }
     // Stop accepting first, so no new socket arrives while the old ones are being closed.
     ws_handle.pause().await;
-    drain(&hub, &config, &notices, &live).await;
+    drain(&hub, &config, &notices, &mut sessions_done).await;
     ws_handle.stop(false).await;
     if ws_ended.is_none() {
         let _ = ws_task.await;
@@ -320,42 +321,42 @@ pub async fn run(
     }
 }
 
-/// Close every socket with 1001 and wait until the hub's registry is empty or the deadline
-/// passes.
+/// Close every socket with 1001 and wait until every session has ended and every disconnect
+/// notice is delivered, or the deadline passes.
 async fn drain(
-    hub: &Addr<Hub>,
+    hub: &HubHandle,
     config: &Config,
     notices: &PendingNotices,
-    live: &std::sync::atomic::AtomicUsize,
+    sessions: &mut shutdown::Drain,
 ) {
-    let started = tokio::time::Instant::now();
-    let deadline = config.shutdown_timeout();
-    let open = hub.send(Stats).await.map(|s| s.connections).unwrap_or(0);
-    log::info!("shutting down: closing {open} connection(s) with 1001 (deadline {deadline:?})");
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout();
+    let open = hub.stats().await.map(|s| s.connections).unwrap_or(0);
+    log::info!(
+        "shutting down: closing {open} connection(s) with 1001 (deadline {:?})",
+        config.shutdown_timeout()
+    );
     let close = Close::new(close_code::GOING_AWAY, "server shutting down");
-    let Ok(empty) = hub.send(Shutdown { close }).await else {
+    let Ok(empty) = hub.shutdown(close).await else {
         log::error!("the hub stopped before shutdown");
         return;
     };
-    if tokio::time::timeout(deadline, empty).await.is_err() {
-        let left = hub.send(Stats).await.map(|s| s.connections).unwrap_or(0);
-        log::warn!(
-            "shutdown deadline {deadline:?} overrun: {left} connection(s) still open; stopping anyway"
-        );
+    if tokio::time::timeout_at(deadline, empty).await.is_err() {
+        let left = hub.stats().await.map(|s| s.connections).unwrap_or(0);
+        log::warn!("shutdown deadline overrun: {left} connection(s) still open; stopping anyway");
     } else {
         log::info!("all connections closed");
     }
     // Sessions the registry no longer lists (cut off, replaced) and the disconnect notices to
     // the backend are part of the drain too: sessions count their notice before they stop.
-    let deadline = started + config.shutdown_timeout();
-    let sessions = || live.load(std::sync::atomic::Ordering::SeqCst);
-    while (sessions() > 0 || notices.count() > 0) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    match (sessions(), notices.count()) {
-        (0, 0) => log::info!("all sessions ended and all disconnect notices delivered"),
-        (open, left) => log::warn!(
-            "shutdown deadline overrun: {open} session(s) still open, {left} disconnect notice(s) not delivered"
+    let all_done = async {
+        sessions.finished().await;
+        notices.settled().await;
+    };
+    match tokio::time::timeout_at(deadline, all_done).await {
+        Ok(()) => log::info!("all sessions ended and all disconnect notices delivered"),
+        Err(_) => log::warn!(
+            "shutdown deadline overrun: session(s) still open or {} disconnect notice(s) not delivered",
+            notices.count()
         ),
     }
 }

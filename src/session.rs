@@ -16,7 +16,7 @@ use std::cell::Cell;
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -30,15 +30,16 @@ use tokio::net::TcpStream;
 use crate::backend::authorizer::{Authorize, Authorizer};
 use crate::backend::http::{BackendReply, Closed, Open, Relay};
 use crate::backend::Backend;
-use crate::channel::{close_code, Close, Frame};
 use crate::config::LimitsConfig;
 use crate::connection::ConnectionId;
+use crate::delivery::{Deliver, Outbound};
 use crate::dialect::{Action, Dialect, DialectKind, DialectOptions, ReplyPlan};
-use crate::hub::{
-    Apply, ChannelOp, Connect, ConnectRefused, Deliver, Disconnect, Hub, OpOutcome, Outbound,
-};
+use crate::frame::{close_code, Close, Frame};
+use crate::hub::{ConnectRefused, HubHandle, Registration};
+use crate::operation::{ChannelOp, OpOutcome};
 use crate::outbox::{Backlog, Outbox};
 use crate::rate_limit::RateLimit;
+use crate::shutdown::{Guard, Tracker};
 use crate::wire::{self, DataKind, Header, Incoming, Opcode};
 
 /// What every session of one route shares.
@@ -53,13 +54,13 @@ pub struct RouteContext {
     pub xrf_cookie: Option<String>,
     /// The connect hook that admits handshakes and may give the first frame.
     pub accept_url: Option<String>,
-    /// Sessions alive in the whole process (shutdown waits for zero; the connection cap
-    /// counts them).
-    pub live: Arc<AtomicUsize>,
+    /// Hands every session the guard that shutdown waits for (and counts them for the
+    /// connection cap).
+    pub sessions: Tracker,
     /// Per-connection limits and the heartbeat.
     pub limits: LimitsConfig,
     /// The hub every session registers with.
-    pub hub: Addr<Hub>,
+    pub hub: HubHandle,
     /// The path has an `{id}` segment: the client picks its id (ws2api), and a newer
     /// connection with the same id replaces the older one.
     pub client_ids: bool,
@@ -255,6 +256,8 @@ pub struct Session {
     first_frame: Option<Frame>,
     /// The hub closed this connection because a newer one took its id.
     replaced: bool,
+    /// Keeps shutdown waiting until this session has ended.
+    drain_guard: Option<Guard>,
 }
 
 /// Start the session of an upgraded connection on the current worker thread.
@@ -301,6 +304,7 @@ pub(crate) fn start(setup: SessionSetup) {
         authorizing: false,
         first_frame: setup.first_frame,
         replaced: false,
+        drain_guard: Some(setup.route.sessions.guard()),
         route: setup.route,
     };
     Session::create(move |ctx| {
@@ -313,7 +317,6 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.route.live.fetch_add(1, Ordering::SeqCst);
         // The backlog bounds deliveries; the mailbox only needs room for the few messages
         // beyond it (closes, replacement).
         ctx.set_mailbox_capacity(self.route.limits.outbound_queue + 16);
@@ -323,7 +326,7 @@ impl Actor for Session {
             self.route.path,
             self.remote.as_deref().unwrap_or("-")
         );
-        let connect = Connect {
+        let connect = Registration {
             id: self.id.clone(),
             route: self.route.path.clone(),
             remote: self.remote.clone(),
@@ -335,7 +338,7 @@ impl Actor for Session {
         };
         self.route
             .hub
-            .send(connect)
+            .connect(connect)
             .into_actor(self)
             .map(|result, act, ctx| match result {
                 Ok(Ok(())) => {}
@@ -376,10 +379,7 @@ impl Actor for Session {
     fn stopped(&mut self, _: &mut Self::Context) {
         let (messages, bytes) = self.outbox.clear();
         self.backlog.release(messages, bytes);
-        self.route.hub.do_send(Disconnect {
-            id: self.id.clone(),
-            serial: self.serial,
-        });
+        self.route.hub.disconnect(self.id.clone(), self.serial);
         if let Backend::Http { addr, notices, .. } = &self.backend {
             // Exactly once per session: `stopped` runs once, whatever ended the connection.
             // A connection replaced by a newer one with its id sends none: the id lives on.
@@ -393,7 +393,8 @@ impl Actor for Session {
                 notify,
             });
         }
-        self.route.live.fetch_sub(1, Ordering::SeqCst);
+        // Dropping the guard tells shutdown this session is over.
+        self.drain_guard.take();
         log::info!(
             "disconnect id={} route={} remote={} code={}",
             self.id,
@@ -836,13 +837,9 @@ impl Session {
             }
             return;
         }
-        let apply = Apply {
-            id: self.id.clone(),
-            ops: kept,
-        };
         self.route
             .hub
-            .send(apply)
+            .apply(self.id.clone(), kept)
             .into_actor(self)
             .map(move |result, act, ctx| match result {
                 Ok(outcomes) => {

@@ -7,7 +7,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix::Addr;
@@ -26,9 +25,9 @@ use crate::backend::admission::{Admission, Admit};
 use crate::backend::authorizer::Authorizer;
 use crate::backend::http::Check;
 use crate::backend::Backend;
-use crate::channel::Frame;
 use crate::config::TrustedProxies;
 use crate::connection::ConnectionId;
+use crate::frame::Frame;
 use crate::session::{self, RouteContext, SessionSetup};
 
 /// The upgrade's view of one worker: the routes and this worker's backend and hooks.
@@ -193,7 +192,7 @@ impl Upgrader {
             ));
         };
         check_handshake(req.head())?;
-        let live = route.live.load(Ordering::SeqCst);
+        let live = route.sessions.live();
         if live >= self.max_connections {
             log::warn!(
                 "refusing a WebSocket upgrade: {live} connections open, server.max_connections = {}",

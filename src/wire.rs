@@ -6,7 +6,7 @@
 use actix_http::ws::{OpCode, Parser, ProtocolError};
 use bytes::{Bytes, BytesMut};
 
-use crate::channel::{close_code, Close};
+use crate::frame::{close_code, Close};
 
 /// What a data frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use bytestring::ByteString;
 use serde_json::Value;
 
 use super::read_answer;
-use crate::channel::Frame;
+use crate::frame::Frame;
 
 /// How long the connect hook may take, answer body included.
 const ADMISSION_TIMEOUT: Duration = Duration::from_secs(5);

@@ -28,9 +28,9 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use super::{read_answer, AnswerError};
-use crate::channel::{close_code, Close, Frame};
 use crate::config::{BackendConfig, RelayFormat};
 use crate::connection::ConnectionId;
+use crate::frame::{close_code, Close, Frame};
 
 /// First retry delay; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -71,6 +71,8 @@ struct NoticeCounts {
     kept: AtomicUsize,
     /// Notices (connect or disconnect) given up on since start.
     dropped: AtomicU64,
+    /// Woken when `pending` drops to zero (the drain waits on it).
+    settled: tokio::sync::Notify,
 }
 
 impl PendingNotices {
@@ -91,7 +93,23 @@ impl PendingNotices {
     }
 
     fn done(&self) {
-        self.0.pending.fetch_sub(1, Ordering::SeqCst);
+        if self.0.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.settled.notify_waiters();
+        }
+    }
+
+    /// Wait until no disconnect notice is pending.
+    pub async fn settled(&self) {
+        loop {
+            let notified = self.0.settled.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a `done` in between is not missed.
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Take one of `max` places for a notice kept for retries; false when all are taken.

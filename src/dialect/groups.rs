@@ -13,8 +13,9 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
-use crate::channel::{ChannelName, Frame, Publication};
-use crate::hub::{ChannelOp, OpOutcome, SubscriptionLimit};
+use crate::channel::{ChannelName, Publication};
+use crate::frame::Frame;
+use crate::operation::{ChannelOp, OpOutcome, SubscriptionLimit};
 
 use super::{Action, ReplyPlan};
 

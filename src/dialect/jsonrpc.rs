@@ -29,9 +29,10 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use crate::channel::{ChannelName, Frame, Publication, PublicationKind};
+use crate::channel::{ChannelName, Publication, PublicationKind};
 use crate::connection::ConnectionId;
-use crate::hub::{ChannelOp, OpOutcome, SubscriptionLimit};
+use crate::frame::Frame;
+use crate::operation::{ChannelOp, OpOutcome, SubscriptionLimit};
 
 use super::{Action, ReplyPlan};
 
@@ -492,7 +493,7 @@ pub fn encode(publication: &Publication) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Delivery;
+    use crate::delivery::Delivery;
 
     fn codec() -> JsonRpc {
         JsonRpc::new(ConnectionId::parse("c1").unwrap(), DEFAULT_MAX_BATCH)

@@ -4,65 +4,25 @@
 
 pub mod groups;
 pub mod jsonrpc;
+pub mod kind;
 pub mod raw;
 pub mod topics;
 
-use serde::Deserialize;
+pub use kind::DialectKind;
 
-use crate::channel::{Close, Frame, Publication};
+use crate::channel::Publication;
 use crate::connection::ConnectionId;
-use crate::hub::{ChannelOp, OpOutcome};
+use crate::frame::{Close, Frame};
+use crate::operation::{ChannelOp, OpOutcome};
 
-/// The dialects a route can speak, as named in the config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum DialectKind {
-    /// Frames go to the backend as they are (SocketDock, ws2api, the demo echo).
-    #[serde(rename = "raw")]
-    Raw,
-    /// RocketWS's JSON-RPC 2.0 channels.
-    #[serde(rename = "jsonrpc")]
-    JsonRpc,
-    /// AWX's declarative groups.
-    #[serde(rename = "groups")]
-    Groups,
-    /// fedmsg's topic prefixes.
-    #[serde(rename = "topics")]
-    Topics,
-}
-
-impl DialectKind {
-    /// How many dialects there are (the size of per-dialect caches).
-    pub const COUNT: usize = 4;
-
-    /// A dense index for per-dialect caches.
-    pub fn index(self) -> usize {
-        match self {
-            DialectKind::Raw => 0,
-            DialectKind::JsonRpc => 1,
-            DialectKind::Groups => 2,
-            DialectKind::Topics => 3,
-        }
-    }
-
-    /// Publication -> the frame this dialect's clients get (encoded once per publication and
-    /// dialect; every recipient shares the bytes).
-    pub fn encode(self, publication: &Publication) -> Frame {
-        match self {
-            DialectKind::Raw => publication.frame_for(self, raw::encode),
-            DialectKind::JsonRpc => publication.frame_for(self, jsonrpc::encode),
-            DialectKind::Groups => publication.frame_for(self, groups::encode),
-            DialectKind::Topics => publication.frame_for(self, topics::encode),
-        }
-    }
-
-    /// The config name.
-    pub fn name(self) -> &'static str {
-        match self {
-            DialectKind::Raw => "raw",
-            DialectKind::JsonRpc => "jsonrpc",
-            DialectKind::Groups => "groups",
-            DialectKind::Topics => "topics",
-        }
+/// Publication -> the frame this dialect's clients get (encoded once per publication and
+/// dialect; every recipient shares the bytes).
+pub fn encode(kind: DialectKind, publication: &Publication) -> Frame {
+    match kind {
+        DialectKind::Raw => publication.frame_for(kind, raw::encode),
+        DialectKind::JsonRpc => publication.frame_for(kind, jsonrpc::encode),
+        DialectKind::Groups => publication.frame_for(kind, groups::encode),
+        DialectKind::Topics => publication.frame_for(kind, topics::encode),
     }
 }
 

@@ -2,7 +2,8 @@
 //! ws2api). A publication reaches a raw client as a text frame: a JSON string value as its text,
 //! any other value as JSON.
 
-use crate::channel::{Frame, Publication};
+use crate::channel::Publication;
+use crate::frame::Frame;
 
 use super::Action;
 

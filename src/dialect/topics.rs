@@ -10,8 +10,9 @@
 
 use serde_json::{json, Value};
 
-use crate::channel::{ChannelName, Frame, Publication};
-use crate::hub::{ChannelOp, OpOutcome};
+use crate::channel::{ChannelName, Publication};
+use crate::frame::Frame;
+use crate::operation::{ChannelOp, OpOutcome};
 
 use super::{Action, ReplyPlan};
 
@@ -186,7 +187,7 @@ mod tests {
             panic!()
         };
         let frames = reply.render(vec![OpOutcome::LimitReached(
-            crate::hub::SubscriptionLimit::Bytes(512),
+            crate::operation::SubscriptionLimit::Bytes(512),
         )]);
         let [Frame::Text(text)] = frames.as_slice() else {
             panic!("{frames:?}")

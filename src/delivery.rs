@@ -1,0 +1,51 @@
+//! What the hub hands a session (a shared, already encoded frame, or a close), and how a
+//! delivery went for whoever sent it.
+//!
+//! `reached` and `dropped` count connections: `reached` is every connection the message was
+//! queued for (room reserved in its backlog and handed to its session, which writes it on its
+//! own worker thread), `dropped` every connection that had no room and was cut off (1008). A
+//! connection counted as reached can still miss the message if it is closed before its socket
+//! takes it; it is then told so by the close. When delivery runs on several worker threads or
+//! nodes, the figures are the sums of what each reported.
+
+use actix::Message;
+use serde::Serialize;
+
+use crate::frame::{Close, Frame};
+
+/// Something for one session to send: a frame, or a close.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A frame to write as it is (a publication already encoded in the session's dialect);
+    /// its room in the session's backlog is reserved.
+    Frame(Frame),
+    /// Close the connection with this code and reason.
+    Close(Close),
+    /// A newer connection took this one's id: close with 4001 and send no disconnect notice.
+    Replaced,
+}
+
+/// Hub -> session: send this to the client.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Outbound);
+
+/// How a publish or broadcast went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Delivery {
+    /// Connections the message was queued for.
+    pub reached: usize,
+    /// Connections that did not get it because their queue was full (they are cut off).
+    pub dropped: usize,
+}
+
+/// Why a message for one connection was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Undelivered {
+    /// No such connection.
+    #[error("no connection with this id")]
+    UnknownConnection,
+    /// The connection's queue was full; it has been cut off.
+    #[error("the connection's outbound queue is full; it has been closed with 1008")]
+    QueueFull,
+}
