@@ -13,7 +13,7 @@
 //! timeout, and every close ends the TCP connection as soon as the close frames are exchanged.
 
 use std::cell::Cell;
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
-use bytestring::ByteString;
 use futures_util::Stream;
 use tokio::net::TcpStream;
 
@@ -35,10 +34,12 @@ use crate::connection::ConnectionId;
 use crate::delivery::{Deliver, Outbound};
 use crate::dialect::{Action, Dialect, DialectKind, DialectOptions, ReplyPlan};
 use crate::frame::{close_code, Close, Frame};
+use crate::gate;
 use crate::hub::{ConnectRefused, HubHandle, Registration};
-use crate::operation::{ChannelOp, OpOutcome};
+use crate::operation::ChannelOp;
 use crate::outbox::{Backlog, Outbox};
 use crate::rate_limit::RateLimit;
+use crate::reassembly::Reassembly;
 use crate::shutdown::{Guard, Tracker};
 use crate::wire::{self, DataKind, Header, Incoming, Opcode};
 
@@ -104,16 +105,6 @@ pub(crate) struct SessionSetup {
     pub io: TcpStream,
     /// Bytes the client sent after its handshake that were already read.
     pub read_buf: BytesMut,
-}
-
-/// A message being received in fragments.
-struct Fragments {
-    /// Text (validated as UTF-8) or binary.
-    text: bool,
-    /// The payload so far.
-    buf: BytesMut,
-    /// How many leading bytes of `buf` are known to be valid UTF-8.
-    checked: usize,
 }
 
 /// Lets the session stop and resume reading from its socket.
@@ -227,7 +218,7 @@ pub struct Session {
     /// Messages and bytes per second this client may send.
     rate: RateLimit,
     /// A fragmented message being joined.
-    fragments: Option<Fragments>,
+    reassembly: Reassembly,
     /// The close code of the close handshake, once one started (logged on disconnect).
     close_code: Option<u16>,
     /// The close reason (ws2api's DELETE body); None means the TCP connection dropped.
@@ -290,7 +281,7 @@ pub(crate) fn start(setup: SessionSetup) {
         last_seen: now,
         last_tick: now,
         rate: RateLimit::new(limits.max_messages_per_second, limits.max_bytes_per_second),
-        fragments: None,
+        reassembly: Reassembly::new(limits.max_message_size),
         close_code: None,
         close_reason: None,
         close_sent: false,
@@ -559,7 +550,7 @@ impl Session {
             self.close_code = Some(close.as_ref().map_or(close_code::NO_STATUS, |c| c.code));
             self.close_reason = Some(close.map(|c| c.reason).unwrap_or_default());
         }
-        self.fragments = None;
+        self.reassembly.clear();
         self.outbox
             .push(Header::new(Opcode::Close, payload.len()), payload, None);
         self.close_sent = true;
@@ -658,83 +649,12 @@ impl Session {
         self.fail(ctx, Close::new(close_code::POLICY_VIOLATION, reason));
     }
 
-    /// A data frame arrived: pass a whole message on, or join fragments, enforcing the size
-    /// limit and UTF-8 as they come.
+    /// A data frame arrived: pass a whole message on, or join it to the message in progress.
     fn on_data(&mut self, ctx: &mut Context<Self>, kind: DataKind, fin: bool, data: Bytes) {
-        let first = match kind {
-            DataKind::Text => Some(true),
-            DataKind::Binary => Some(false),
-            DataKind::Continuation => None,
-        };
-        if fin && first.is_some() && self.fragments.is_none() {
-            let frame = if first == Some(true) {
-                match ByteString::try_from(data) {
-                    Ok(text) => Frame::Text(text),
-                    Err(_) => {
-                        return self.fail(
-                            ctx,
-                            Close::new(close_code::INVALID_PAYLOAD, "text is not valid UTF-8"),
-                        )
-                    }
-                }
-            } else {
-                Frame::Binary(data)
-            };
-            return self.on_message(ctx, frame);
-        }
-        let fragments = match (first, self.fragments.as_mut()) {
-            (Some(text), None) => self.fragments.insert(Fragments {
-                text,
-                buf: BytesMut::new(),
-                checked: 0,
-            }),
-            (None, Some(fragments)) => fragments,
-            (Some(_), Some(_)) => {
-                return self.fail(
-                    ctx,
-                    Close::new(
-                        close_code::PROTOCOL_ERROR,
-                        "new message before the fragmented one ended",
-                    ),
-                )
-            }
-            (None, None) => {
-                return self.fail(
-                    ctx,
-                    Close::new(close_code::PROTOCOL_ERROR, "unexpected continuation frame"),
-                )
-            }
-        };
-        if fragments.buf.len() + data.len() > self.route.limits.max_message_size {
-            return self.fail(
-                ctx,
-                Close::new(close_code::MESSAGE_TOO_BIG, "message too big"),
-            );
-        }
-        fragments.buf.extend_from_slice(&data);
-        if fragments.text && !utf8_prefix_ok(fragments, fin) {
-            return self.fail(
-                ctx,
-                Close::new(close_code::INVALID_PAYLOAD, "text is not valid UTF-8"),
-            );
-        }
-        if fin {
-            let fragments = self.fragments.take().expect("fragments in progress");
-            let bytes = fragments.buf.freeze();
-            let frame = if fragments.text {
-                match ByteString::try_from(bytes) {
-                    Ok(text) => Frame::Text(text),
-                    Err(_) => {
-                        return self.fail(
-                            ctx,
-                            Close::new(close_code::INVALID_PAYLOAD, "text is not valid UTF-8"),
-                        )
-                    }
-                }
-            } else {
-                Frame::Binary(bytes)
-            };
-            self.on_message(ctx, frame);
+        match self.reassembly.push(kind, fin, data) {
+            Ok(Some(frame)) => self.on_message(ctx, frame),
+            Ok(None) => {}
+            Err(close) => self.fail(ctx, close),
         }
     }
 
@@ -745,7 +665,7 @@ impl Session {
             let Some((ops, reply)) = self.hub_actions.pop_front() else {
                 return;
             };
-            let channels = channels_to_authorize(&ops);
+            let channels = gate::channels_to_authorize(&ops);
             match &self.authorizer {
                 Some(authorizer) if !channels.is_empty() => {
                     self.authorizing = true;
@@ -779,60 +699,10 @@ impl Session {
         reply: ReplyPlan,
         allowed: Option<HashSet<String>>,
     ) {
-        // For each op: Some(outcome) decided here, or None for "the hub's next outcome".
-        let mut decided = Vec::with_capacity(ops.len());
-        let mut kept = Vec::with_capacity(ops.len());
-        let mut replace_denied = Vec::new();
-        for op in ops {
-            let Some(allowed) = &allowed else {
-                kept.push(op);
-                decided.push(None);
-                continue;
-            };
-            match op {
-                ChannelOp::Subscribe(channel) if !allowed.contains(channel.as_str()) => {
-                    decided.push(Some(OpOutcome::Denied(channel.to_string())));
-                }
-                ChannelOp::SubscribePrefix(prefix) if !allowed.contains(&prefix) => {
-                    decided.push(Some(OpOutcome::Denied(prefix)));
-                }
-                ChannelOp::Replace(wanted) => {
-                    let (ok, denied): (BTreeSet<_>, BTreeSet<_>) = wanted
-                        .into_iter()
-                        .partition(|c| allowed.contains(c.as_str()));
-                    replace_denied = denied.into_iter().collect();
-                    kept.push(ChannelOp::Replace(ok));
-                    decided.push(None);
-                }
-                op => {
-                    kept.push(op);
-                    decided.push(None);
-                }
-            }
-        }
-        let merge = move |outcomes: Vec<OpOutcome>| {
-            let mut outcomes = outcomes.into_iter();
-            decided
-                .into_iter()
-                .map(|slot| match slot.or_else(|| outcomes.next()) {
-                    Some(OpOutcome::Replaced {
-                        current,
-                        left,
-                        joined,
-                        ..
-                    }) => OpOutcome::Replaced {
-                        current,
-                        left,
-                        joined,
-                        denied: replace_denied.clone(),
-                    },
-                    Some(outcome) => outcome,
-                    None => OpOutcome::UnknownConnection,
-                })
-                .collect::<Vec<_>>()
-        };
+        let mut screened = gate::screen(ops, allowed.as_ref());
+        let kept = std::mem::take(&mut screened.kept);
         if kept.is_empty() {
-            for frame in reply.render(merge(Vec::new())) {
+            for frame in reply.render(screened.outcomes(Vec::new())) {
                 self.reply(ctx, frame);
             }
             return;
@@ -843,7 +713,7 @@ impl Session {
             .into_actor(self)
             .map(move |result, act, ctx| match result {
                 Ok(outcomes) => {
-                    for frame in reply.render(merge(outcomes)) {
+                    for frame in reply.render(screened.outcomes(outcomes)) {
                         act.reply(ctx, frame);
                     }
                 }
@@ -853,36 +723,6 @@ impl Session {
                 ),
             })
             .spawn(ctx);
-    }
-}
-
-/// The channels (and topic prefixes) a list of operations would join.
-fn channels_to_authorize(ops: &[ChannelOp]) -> Vec<String> {
-    let mut channels = Vec::new();
-    for op in ops {
-        match op {
-            ChannelOp::Subscribe(channel) => channels.push(channel.to_string()),
-            ChannelOp::SubscribePrefix(prefix) => channels.push(prefix.clone()),
-            ChannelOp::Replace(wanted) => channels.extend(wanted.iter().map(|c| c.to_string())),
-            ChannelOp::Unsubscribe(_) | ChannelOp::Publish { .. } => {}
-        }
-    }
-    channels
-}
-
-/// Check the UTF-8 of a text message being joined, as far as it has arrived. A sequence cut at
-/// the end of a fragment is fine unless this is the last fragment; an invalid one fails at once.
-fn utf8_prefix_ok(fragments: &mut Fragments, last: bool) -> bool {
-    match std::str::from_utf8(&fragments.buf[fragments.checked..]) {
-        Ok(_) => {
-            fragments.checked = fragments.buf.len();
-            true
-        }
-        Err(e) if e.error_len().is_none() && !last => {
-            fragments.checked += e.valid_up_to();
-            true
-        }
-        Err(_) => false,
     }
 }
 
