@@ -143,15 +143,9 @@ async fn open_page(devtools_port: u16) -> Page {
 const LOG_HAS: &str = "((log, dir, text) => [...document.querySelectorAll(log + ' .entry')].some(e => e.dataset.dir === dir && e.textContent.includes(text)))";
 
 #[actix_web::test]
+#[cfg_attr(missing_chromium, ignore = "chromium is not installed")]
 async fn the_sample_page_echoes_subscribes_and_shows_deliveries() {
-    let Some(binary) = chromium() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "chromium is required under CI=true"
-        );
-        eprintln!("note: chromium not installed; browser test skipped");
-        return;
-    };
+    let binary = chromium().expect("chromium is not installed (apt-get install chromium)");
     let hub = start(&demo_config(""));
     let (_browser, port) = launch(binary, &hub.http_url("/"));
     let mut page = open_page(port).await;

@@ -207,12 +207,15 @@ async fn topics_match_prefixes_once_and_strict_exactly() {
         next_json(&mut other).await,
         json!({"topic": "org.debian.dev.upload", "body": "pkg"})
     );
-    // Publishing is off on /topics: the frame is ignored, nothing is delivered.
+    // Publishing is off on /topics: the frame is ignored, nothing is delivered. The
+    // subscription that follows it on the same connection is applied after it, so once that
+    // subscription is in effect a delivered publish would already have reached `overlapping`.
     send_json(
         &mut other,
         json!({"topic": "org.fedoraproject.x", "body": "no"}),
     )
     .await;
+    topic_subscribe(&hub, &mut other, "zz.*").await;
     let reply = post(
         &hub,
         "/api/publish",

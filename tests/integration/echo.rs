@@ -154,11 +154,8 @@ async fn client_pings_are_answered() {
         .await
         .unwrap();
     loop {
-        match futures_util::StreamExt::next(&mut ws)
-            .await
-            .unwrap()
-            .unwrap()
-        {
+        let next = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut ws));
+        match next.await.expect("no pong in time").unwrap().unwrap() {
             Message::Pong(payload) => {
                 assert_eq!(payload, b"are you there");
                 break;

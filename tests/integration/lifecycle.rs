@@ -14,8 +14,10 @@ async fn heartbeat_closes_a_silent_client_and_keeps_a_live_one() {
         "heartbeat_interval_ms = 50\nheartbeat_timeout_ms = 400",
     ));
     let mut silent = raw_silent_client(hub.ws, "/ws").await;
+    let silent_id = wait_for_connections(&hub, 1).await.remove(0);
     let mut live = connect(&hub.ws_url("/ws")).await;
-    let silent_id = wait_for_connections(&hub, 2).await;
+    let both = wait_for_connections(&hub, 2).await;
+    let live_id = both.into_iter().find(|id| *id != silent_id).unwrap();
 
     // The live client keeps reading, so tungstenite answers the server's pings.
     let mut pings = 0;
@@ -39,7 +41,7 @@ async fn heartbeat_closes_a_silent_client_and_keeps_a_live_one() {
         "a ping came first: {received:?}"
     );
     let left = wait_for_connections(&hub, 1).await;
-    assert!(silent_id.contains(&left[0]));
+    assert_eq!(left, vec![live_id], "the silent one is gone, the live one stays");
     live.send(Message::Text("still alive".into()))
         .await
         .unwrap();
