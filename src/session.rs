@@ -182,7 +182,12 @@ impl Stream for FrameReader {
                     return Poll::Ready(None);
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Nothing more to read now: an idle connection keeps no buffer.
+                    if this.buf.is_empty() {
+                        this.buf = BytesMut::new();
+                    }
+                }
                 Err(e) => {
                     this.done = true;
                     return Poll::Ready(Some(Err(ReadError::Io(e))));
@@ -258,7 +263,13 @@ pub(crate) fn start(setup: SessionSetup) {
     let gate = Rc::new(ReadGate::default());
     let reader = FrameReader {
         io: io.clone(),
-        buf: setup.read_buf,
+        // What the client sent right behind its handshake; the HTTP reader's buffer itself
+        // is not kept.
+        buf: if setup.read_buf.is_empty() {
+            BytesMut::new()
+        } else {
+            BytesMut::from(&setup.read_buf[..])
+        },
         max_payload: limits.max_message_size,
         gate: gate.clone(),
         done: false,
