@@ -27,13 +27,13 @@ use bytestring::ByteString;
 use futures_util::Stream;
 use tokio::net::TcpStream;
 
-use crate::backend::authorizer::{Authorize, Authorizer};
 use crate::backend::http::{BackendReply, Closed, Open, Relay};
-use crate::backend::Backend;
+use crate::backend::{loopback, Backend};
 use crate::channel::{close_code, Close, Frame};
 use crate::config::LimitsConfig;
 use crate::connection::ConnectionId;
 use crate::dialect::{Action, Dialect, DialectKind, DialectOptions, ReplyPlan};
+use crate::hook::authorize::{Authorize, Authorizer};
 use crate::hub::{
     Apply, ChannelOp, Connect, ConnectRefused, Deliver, Disconnect, Hub, OpOutcome, Outbound,
 };
@@ -600,7 +600,7 @@ impl Session {
         }
         match self.dialect.decode(frame) {
             Action::Relay(frame) => match &self.backend {
-                Backend::Loopback => self.reply(ctx, frame),
+                Backend::Loopback => self.reply(ctx, loopback::answer(frame)),
                 Backend::Http { addr, .. } => {
                     if self.pending >= self.route.max_pending {
                         return self.fail(
