@@ -117,6 +117,7 @@ struct Settings {
     format: Box<dyn Format>,
     /// Deadline for one callout, retries included.
     request_timeout: Duration,
+    /// Callouts this worker may have in flight (`backend.max_in_flight`).
     max_in_flight: usize,
     /// How long the disconnect notice of an ended connection is retried.
     notice_retry: Duration,
@@ -175,7 +176,8 @@ struct Queue {
     busy: bool,
 }
 
-/// Session -> backend: a connection opened (registers it; SocketDock: sends the connect notice).
+/// Session -> backend: a connection opened (registers it, and sends the format's connect
+/// notice, if it has one).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Open {
@@ -212,7 +214,8 @@ pub struct Closed {
     pub notify: bool,
 }
 
-/// Upgrade handler -> backend: ws2api's connect check, `GET {url}/{id}`.
+/// Upgrade handler -> backend: may this client connect? The format's connect check (ws2api:
+/// `GET {url}/{id}`); true at once for a format that asks nothing.
 #[derive(Message)]
 #[rtype(result = "Result<bool, CheckError>")]
 pub struct Check {
@@ -237,11 +240,13 @@ impl Actor for HttpBackend {
     type Context = Context<Self>;
 }
 
-/// The ws2api connect check could not be made (the upgrade is then refused with 502).
+/// The connect check could not be made (the upgrade is then refused with 502).
 #[derive(Debug, thiserror::Error)]
-#[error("GET {url}: {error}")]
+#[error("{request}: {error}")]
 pub struct CheckError {
-    url: String,
+    /// The check's method and URL.
+    request: String,
+    /// What went wrong.
     error: BackendError,
 }
 
@@ -289,18 +294,27 @@ impl HttpBackend {
             Some(Job::Finish {
                 notice: Some(notice),
             }) => self.send_notice(key, notice, ctx),
-            Some(job) => self.send_job(key, job, ctx),
+            Some(Job::Connect(request)) => self.send_callout(key, request, true, ctx),
+            Some(Job::Message(frame)) => {
+                let request = self.settings.format.message(&queue.id, &frame);
+                self.send_callout(key, request, false, ctx);
+            }
         }
     }
 
-    /// Run a frame or connect notice of a live connection: retried until `request_timeout`,
-    /// then the client is closed with 1013.
-    fn send_job(&mut self, key: u64, job: Job, ctx: &mut Context<Self>) {
+    /// Run a frame's callout (or, `is_connect`, the connect notice) of a live connection:
+    /// retried until `request_timeout`, then the client is closed with 1013.
+    fn send_callout(
+        &mut self,
+        key: u64,
+        request: Request,
+        is_connect: bool,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(queue) = self.queues.get(&key) else {
             return;
         };
         let id = queue.id.clone();
-        let is_connect = matches!(job, Job::Connect { .. });
         let what = if is_connect {
             "connect notice"
         } else {
@@ -324,11 +338,6 @@ impl HttpBackend {
             )));
             return self.pump(key, ctx);
         }
-        let request = match job {
-            Job::Connect(request) => request,
-            Job::Message(frame) => self.settings.format.message(&id, &frame),
-            Job::Finish { .. } => unreachable!("pump runs Finish jobs itself"),
-        };
         if let Some(queue) = self.queues.get_mut(&key) {
             queue.busy = true;
         }
@@ -645,7 +654,7 @@ impl Handler<Check> for HttpBackend {
                         .admits(status, body.as_deref().unwrap_or_default())
                 });
             result.map_err(|error| CheckError {
-                url: request.url,
+                request: request.to_string(),
                 error,
             })
         })
