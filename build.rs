@@ -25,7 +25,10 @@ fn main() {
     if !on_path("nginx", &["/usr/sbin/nginx"]) {
         println!("cargo::rustc-cfg=missing_nginx");
     }
-    if !on_path("chromium", &["/usr/bin/chromium", "/usr/bin/chromium-browser"]) {
+    if !on_path(
+        "chromium",
+        &["/usr/bin/chromium", "/usr/bin/chromium-browser"],
+    ) {
         println!("cargo::rustc-cfg=missing_chromium");
     }
 }

@@ -1,8 +1,14 @@
 //! Configuration: the TOML file's shape, its defaults, and the checks that run before any port
 //! is bound. A `Config` that passed [`Config::validate`] is one the server can run with.
+//!
+//! Values are parsed, not checked: a URL the hub calls is an [`HttpUrl`], a number that must be
+//! positive is a `NonZero*` (or is refused while it is read, when its readers take a plain
+//! number), so a bad value fails at deserialize time with its key named (`backend.url`,
+//! `routes[0].accept_url`). Only rules between keys are left to [`Config::validate`].
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -47,11 +53,12 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct AuthorizationConfig {
     /// The hook's URL; unset means every channel may be joined.
-    pub url: Option<String>,
+    pub url: Option<HttpUrl>,
     /// How long an answer for (connection, channel) is reused; 0 asks every time.
     pub cache_ms: u64,
     /// Deadline for one question; a hook that does not answer in time denies.
-    pub timeout_ms: u64,
+    #[serde(deserialize_with = "positive")]
+    pub timeout_ms: NonZeroU64,
 }
 
 impl Default for AuthorizationConfig {
@@ -59,7 +66,7 @@ impl Default for AuthorizationConfig {
         Self {
             url: None,
             cache_ms: 0,
-            timeout_ms: 5_000,
+            timeout_ms: NonZeroU64::new(5_000).expect("positive literal"),
         }
     }
 }
@@ -73,6 +80,7 @@ pub struct ServerConfig {
     /// Serve the sample page at `GET /`.
     pub page: bool,
     /// HTTP worker threads; 0 means one per CPU core.
+    #[serde(deserialize_with = "in_range::<_, 0, 256>")]
     pub workers: usize,
     /// How long a graceful shutdown waits for every socket to close before it gives up.
     pub shutdown_timeout_ms: u64,
@@ -81,6 +89,7 @@ pub struct ServerConfig {
     pub trusted_proxies: TrustedProxies,
     /// Most WebSocket connections at once; upgrades beyond it get 503. Unset: the open-files
     /// limit minus a reserve for the push API, backend callouts and the process itself.
+    #[serde(deserialize_with = "positive_if_set")]
     pub max_connections: Option<usize>,
 }
 
@@ -118,7 +127,8 @@ pub struct PushConfig {
     pub allowed_hosts: Vec<String>,
     /// How long a request body may take to arrive; a client that trickles it in is answered
     /// with 408 and disconnected instead of holding a connection open.
-    pub body_timeout_ms: u64,
+    #[serde(deserialize_with = "positive")]
+    pub body_timeout_ms: NonZeroU64,
     /// The token in effect, once [`Config::resolve_push_token`] has read its sources.
     #[serde(skip)]
     resolved_token: Option<ResolvedToken>,
@@ -143,7 +153,7 @@ impl Default for PushConfig {
             token_file: None,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
-            body_timeout_ms: 10_000,
+            body_timeout_ms: NonZeroU64::new(10_000).expect("positive literal"),
             resolved_token: None,
         }
     }
@@ -161,7 +171,7 @@ impl PushConfig {
 
     /// The deadline for reading one request body.
     pub fn body_timeout(&self) -> Duration {
-        Duration::from_millis(self.body_timeout_ms)
+        Duration::from_millis(self.body_timeout_ms.get())
     }
 
     /// The origins allowed to call the push API (valid once the config is validated).
@@ -180,31 +190,42 @@ impl PushConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest message a client may send, in bytes, after fragments are joined (close 1009 above).
+    #[serde(deserialize_with = "in_range::<_, 1, { 1 << 30 }>")]
     pub max_message_size: usize,
     /// Messages that may wait for one connection (not yet taken by its socket) before it
     /// counts as stalled and is cut off.
+    #[serde(deserialize_with = "in_range::<_, 1, { 1 << 20 }>")]
     pub outbound_queue: usize,
     /// Payload bytes that may wait for one connection before it counts as stalled (one message
     /// larger than this still fits into an empty queue).
+    #[serde(deserialize_with = "positive")]
     pub outbound_queue_bytes: usize,
     /// Messages per second one client may send (each publish in a batch counts); more closes
     /// it with 1008. The burst allowed is one second's worth.
+    #[serde(deserialize_with = "positive")]
     pub max_messages_per_second: u32,
     /// Bytes per second one client may send; more closes it with 1008.
     pub max_bytes_per_second: u64,
     /// How often the server pings each connection.
-    pub heartbeat_interval_ms: u64,
+    #[serde(deserialize_with = "positive")]
+    pub heartbeat_interval_ms: NonZeroU64,
     /// How long a connection may stay silent (no frame, no pong) before it is closed.
-    pub heartbeat_timeout_ms: u64,
+    #[serde(deserialize_with = "positive")]
+    pub heartbeat_timeout_ms: NonZeroU64,
     /// Channels plus topic prefixes one connection may hold (bounds the hub's memory).
-    pub max_subscriptions: usize,
+    #[serde(deserialize_with = "positive")]
+    pub max_subscriptions: NonZeroUsize,
     /// Bytes of channel names plus topic prefixes one connection may hold: with
-    /// `max_subscriptions` it bounds what one connection's subscriptions cost the hub.
+    /// `max_subscriptions` it bounds what one connection's subscriptions cost the hub. At least
+    /// one channel name of the longest kind must fit.
+    #[serde(deserialize_with = "in_range::<_, MAX_CHANNEL_LEN, { 1 << 30 }>")]
     pub max_subscription_bytes: usize,
     /// Distinct channels plus distinct topic prefixes the hub holds for all connections: bounds
     /// the channel index however many connections there are.
+    #[serde(deserialize_with = "in_range::<_, 1, { 1 << 32 }>")]
     pub max_channels: usize,
     /// Calls one JSON-RPC batch may hold; a longer batch gets one -32600 error.
+    #[serde(deserialize_with = "in_range::<_, 1, 10_000>")]
     pub max_batch: usize,
 }
 
@@ -216,9 +237,9 @@ impl Default for LimitsConfig {
             outbound_queue_bytes: 1024 * 1024,
             max_messages_per_second: 1_000,
             max_bytes_per_second: 16 * 1024 * 1024,
-            heartbeat_interval_ms: 10_000,
-            heartbeat_timeout_ms: 30_000,
-            max_subscriptions: 1_024,
+            heartbeat_interval_ms: NonZeroU64::new(10_000).expect("positive literal"),
+            heartbeat_timeout_ms: NonZeroU64::new(30_000).expect("positive literal"),
+            max_subscriptions: NonZeroUsize::new(1_024).expect("positive literal"),
             max_subscription_bytes: 64 * 1024,
             max_channels: 100_000,
             max_batch: crate::dialect::jsonrpc::DEFAULT_MAX_BATCH,
@@ -229,18 +250,18 @@ impl Default for LimitsConfig {
 impl LimitsConfig {
     /// The ping interval as a `Duration`.
     pub fn heartbeat_interval(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_interval_ms)
+        Duration::from_millis(self.heartbeat_interval_ms.get())
     }
 
     /// The silence timeout as a `Duration`.
     pub fn heartbeat_timeout(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_timeout_ms)
+        Duration::from_millis(self.heartbeat_timeout_ms.get())
     }
 
     /// The hub's subscription limits.
     pub fn subscriptions(&self) -> SubscriptionLimits {
         SubscriptionLimits {
-            per_connection: self.max_subscriptions,
+            per_connection: self.max_subscriptions.get(),
             bytes_per_connection: self.max_subscription_bytes,
             channels: self.max_channels,
         }
@@ -256,29 +277,36 @@ pub struct BackendConfig {
     /// The http backend's request format.
     pub format: RelayFormat,
     /// socketdock: the message URL; ws2api: the API base URL (`{url}/{id}`).
-    pub url: Option<String>,
+    pub url: Option<HttpUrl>,
     /// socketdock: optional URL told about each new connection.
-    pub connect_url: Option<String>,
+    pub connect_url: Option<HttpUrl>,
     /// socketdock: URL told about each ended connection.
-    pub disconnect_url: Option<String>,
+    pub disconnect_url: Option<HttpUrl>,
     /// socketdock: the push API's public base URL (SocketDock's `--endpoint`), used to build
     /// `meta.send` and `meta.disconnect` so backends push to the right instance.
-    pub external_url: Option<String>,
+    pub external_url: Option<PublicUrl>,
     /// Timeout for opening a TCP connection to the backend.
-    pub connect_timeout_ms: u64,
+    #[serde(deserialize_with = "positive")]
+    pub connect_timeout_ms: NonZeroU64,
     /// Deadline for one callout, retries included.
-    pub request_timeout_ms: u64,
+    #[serde(deserialize_with = "positive")]
+    pub request_timeout_ms: NonZeroU64,
     /// Callouts one worker thread may have in flight; more are refused (the client is told).
-    pub max_in_flight: usize,
+    #[serde(deserialize_with = "positive")]
+    pub max_in_flight: NonZeroUsize,
     /// Frames one connection may have waiting for the backend before it is closed with 1008
-    /// (it also bounds a connection's requests waiting for the authorization hook).
+    /// (it also bounds a connection's requests waiting for the authorization hook, so it
+    /// applies whatever the backend: 0 would close every connection at its first subscribe).
+    #[serde(deserialize_with = "positive")]
     pub max_pending_per_connection: usize,
     /// How long the disconnect notice of an ended connection is retried while the backend is
     /// down or failing; a notice is small and should outlive a short outage.
-    pub notice_retry_ms: u64,
+    #[serde(deserialize_with = "positive")]
+    pub notice_retry_ms: NonZeroU64,
     /// Disconnect notices kept for retries across all workers; beyond it a failed notice is
     /// dropped (and logged), so an outage cannot grow memory without bound.
-    pub max_pending_notices: usize,
+    #[serde(deserialize_with = "positive")]
+    pub max_pending_notices: NonZeroUsize,
     /// Not a key: the largest answer body read from the backend, `limits.max_message_size`
     /// (copied in when the file is parsed), the same limit client messages have.
     #[serde(skip)]
@@ -294,12 +322,12 @@ impl Default for BackendConfig {
             connect_url: None,
             disconnect_url: None,
             external_url: None,
-            connect_timeout_ms: 2_000,
-            request_timeout_ms: 10_000,
-            max_in_flight: 4_096,
+            connect_timeout_ms: NonZeroU64::new(2_000).expect("positive literal"),
+            request_timeout_ms: NonZeroU64::new(10_000).expect("positive literal"),
+            max_in_flight: NonZeroUsize::new(4_096).expect("positive literal"),
             max_pending_per_connection: 64,
-            notice_retry_ms: 300_000,
-            max_pending_notices: 100_000,
+            notice_retry_ms: NonZeroU64::new(300_000).expect("positive literal"),
+            max_pending_notices: NonZeroUsize::new(100_000).expect("positive literal"),
             max_answer_size: LimitsConfig::default().max_message_size,
         }
     }
@@ -346,8 +374,8 @@ pub struct RouteConfig {
     #[serde(default)]
     pub xrf_cookie: Option<String>,
     /// The connect hook: the application admits or refuses each handshake, and its answer's
-    /// body becomes the first frame (AWX's `{"accept": true, "user": id}`).
-    #[serde(default)]
+    /// body becomes the first frame (AWX's `{"accept": true, "user": id}`). An http:// URL.
+    #[serde(default, deserialize_with = "http_url_text")]
     pub accept_url: Option<String>,
 }
 
@@ -412,6 +440,127 @@ impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
+}
+
+/// A URL the hub calls: plain `http://` (TLS to the application is not built in: a sidecar or
+/// the application's own proxy terminates it) that parses as a URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl(String);
+
+impl HttpUrl {
+    /// Parse an `http://` URL; the error names the value.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.starts_with("http://") && text.parse::<awc::http::Uri>().is_ok() {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(format!("`{text}` is not an http:// URL"))
+        }
+    }
+
+    /// The URL as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for HttpUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        HttpUrl::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A URL the hub only hands to the application (`backend.external_url`): `http://` or
+/// `https://`, since the push API may well sit behind a TLS proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl(String);
+
+impl PublicUrl {
+    /// Parse an `http://` or `https://` URL; the error names the value.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.starts_with("http://") || text.starts_with("https://") {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(format!("`{text}` is not an http:// or https:// URL"))
+        }
+    }
+
+    /// The URL as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        PublicUrl::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An `http://` URL read as plain text, for keys whose readers take a `String`.
+fn http_url_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    HttpUrl::deserialize(deserializer).map(|url| Some(url.0))
+}
+
+/// The number types [`positive`] reads into.
+trait FromPositive: Sized {
+    /// `n` in this type, if it fits.
+    fn from_positive(n: NonZeroU64) -> Option<Self>;
+}
+
+impl FromPositive for NonZeroU64 {
+    fn from_positive(n: NonZeroU64) -> Option<Self> {
+        Some(n)
+    }
+}
+
+impl FromPositive for NonZeroUsize {
+    fn from_positive(n: NonZeroU64) -> Option<Self> {
+        n.try_into().ok()
+    }
+}
+
+impl FromPositive for usize {
+    fn from_positive(n: NonZeroU64) -> Option<Self> {
+        n.get().try_into().ok()
+    }
+}
+
+impl FromPositive for u32 {
+    fn from_positive(n: NonZeroU64) -> Option<Self> {
+        n.get().try_into().ok()
+    }
+}
+
+/// Read a number that must be greater than 0 (a `NonZero*`, or a plain number for keys whose
+/// readers take one); 0 is refused while the file is read, with the key named.
+fn positive<'de, D: Deserializer<'de>, T: FromPositive>(deserializer: D) -> Result<T, D::Error> {
+    let n = u64::deserialize(deserializer)?;
+    let n = NonZeroU64::new(n).ok_or_else(|| serde::de::Error::custom("must be greater than 0"))?;
+    T::from_positive(n).ok_or_else(|| serde::de::Error::custom(format!("{n} is too large")))
+}
+
+/// [`positive`] for an optional key.
+fn positive_if_set<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    positive(deserializer).map(Some)
+}
+
+/// Read a number in `MIN..=MAX`; another is refused while the file is read, with the key named.
+fn in_range<'de, D: Deserializer<'de>, const MIN: usize, const MAX: usize>(
+    deserializer: D,
+) -> Result<usize, D::Error> {
+    let n = u64::deserialize(deserializer)?;
+    usize::try_from(n)
+        .ok()
+        .filter(|n| (MIN..=MAX).contains(n))
+        .ok_or_else(|| serde::de::Error::custom(format!("{n} is out of range {MIN}..={MAX}")))
 }
 
 /// The reverse proxies whose X-Forwarded-For header is believed: addresses (`10.1.2.3`, `::1`)
@@ -508,9 +657,17 @@ impl Config {
 
     /// Parse a config from TOML text (without validating it); `origin` names the text in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let mut config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            origin: origin.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+        let deserializer = toml::Deserializer::new(text);
+        let mut config: Self = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let message = e.inner().to_string().trim_end().to_owned();
+            ConfigError::Parse {
+                origin: origin.to_owned(),
+                // The key, when the error is about one value (`backend.url`, `routes[0].path`).
+                message: match e.path().to_string().as_str() {
+                    "." => message,
+                    key => format!("`{key}`: {message}"),
+                },
+            }
         })?;
         config.backend.max_answer_size = config.limits.max_message_size;
         Ok(config)
@@ -577,7 +734,8 @@ impl Config {
         Ok(())
     }
 
-    /// Check the rules that the TOML types cannot express.
+    /// Check the rules between keys, which no single type can hold (every value is already
+    /// valid on its own: see the module docs).
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             origin: origin.to_owned(),
@@ -585,12 +743,6 @@ impl Config {
             message,
         };
         let limits = &self.limits;
-        if limits.heartbeat_interval_ms == 0 {
-            return Err(invalid(
-                "limits.heartbeat_interval_ms",
-                "must be greater than 0".into(),
-            ));
-        }
         if limits.heartbeat_interval_ms >= limits.heartbeat_timeout_ms {
             return Err(invalid(
                 "limits.heartbeat_interval_ms",
@@ -600,30 +752,6 @@ impl Config {
                 ),
             ));
         }
-        if limits.max_message_size == 0 || limits.max_message_size > 1 << 30 {
-            return Err(invalid(
-                "limits.max_message_size",
-                format!("{} is out of range 1..=1073741824", limits.max_message_size),
-            ));
-        }
-        if limits.outbound_queue == 0 || limits.outbound_queue > 1 << 20 {
-            return Err(invalid(
-                "limits.outbound_queue",
-                format!("{} is out of range 1..=1048576", limits.outbound_queue),
-            ));
-        }
-        if limits.outbound_queue_bytes == 0 {
-            return Err(invalid(
-                "limits.outbound_queue_bytes",
-                "must be greater than 0".into(),
-            ));
-        }
-        if limits.max_messages_per_second == 0 {
-            return Err(invalid(
-                "limits.max_messages_per_second",
-                "must be greater than 0".into(),
-            ));
-        }
         if limits.max_bytes_per_second < limits.max_message_size as u64 {
             return Err(invalid(
                 "limits.max_bytes_per_second",
@@ -631,47 +759,6 @@ impl Config {
                     "{} is less than limits.max_message_size ({}): a message of the largest size could never be sent",
                     limits.max_bytes_per_second, limits.max_message_size
                 ),
-            ));
-        }
-        if self.server.max_connections == Some(0) {
-            return Err(invalid(
-                "server.max_connections",
-                "must be greater than 0".into(),
-            ));
-        }
-        if limits.max_subscriptions == 0 {
-            return Err(invalid(
-                "limits.max_subscriptions",
-                "must be greater than 0".into(),
-            ));
-        }
-        if limits.max_subscription_bytes < MAX_CHANNEL_LEN
-            || limits.max_subscription_bytes > 1 << 30
-        {
-            return Err(invalid(
-                "limits.max_subscription_bytes",
-                format!(
-                    "{} is out of range {MAX_CHANNEL_LEN}..=1073741824 (at least one channel name of the longest kind must fit)",
-                    limits.max_subscription_bytes
-                ),
-            ));
-        }
-        if limits.max_channels == 0 || limits.max_channels > 1 << 32 {
-            return Err(invalid(
-                "limits.max_channels",
-                format!("{} is out of range 1..=4294967296", limits.max_channels),
-            ));
-        }
-        if limits.max_batch == 0 || limits.max_batch > 10_000 {
-            return Err(invalid(
-                "limits.max_batch",
-                format!("{} is out of range 1..=10000", limits.max_batch),
-            ));
-        }
-        if self.server.workers > 256 {
-            return Err(invalid(
-                "server.workers",
-                format!("{} is out of range 0..=256", self.server.workers),
             ));
         }
         let push = &self.push;
@@ -710,57 +797,13 @@ impl Config {
                 return Err(invalid(&format!("push.allowed_hosts[{i}]"), e.to_string()));
             }
         }
-        if push.body_timeout_ms == 0 {
-            return Err(invalid(
-                "push.body_timeout_ms",
-                "must be greater than 0".into(),
-            ));
-        }
         if self.backend.kind == BackendKind::Http {
             let backend = &self.backend;
-            let urls = [
-                ("backend.url", &backend.url),
-                ("backend.connect_url", &backend.connect_url),
-                ("backend.disconnect_url", &backend.disconnect_url),
-            ];
-            for (key, url) in urls {
-                if let Some(url) = url {
-                    // Plain http: TLS to the backend is not built in (a sidecar or the
-                    // backend's own proxy terminates it).
-                    if !url.starts_with("http://") || url.parse::<awc::http::Uri>().is_err() {
-                        return Err(invalid(key, format!("`{url}` is not an http:// URL")));
-                    }
-                }
-            }
-            if let Some(url) = &backend.external_url {
-                // Only put into URLs the application calls; it may well be https behind a proxy.
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(invalid(
-                        "backend.external_url",
-                        format!("`{url}` is not an http:// or https:// URL"),
-                    ));
-                }
-            }
             if backend.url.is_none() {
                 return Err(invalid(
                     "backend.url",
                     "is required when backend.kind = \"http\"".into(),
                 ));
-            }
-            let positive = [
-                ("backend.request_timeout_ms", backend.request_timeout_ms),
-                ("backend.connect_timeout_ms", backend.connect_timeout_ms),
-                ("backend.notice_retry_ms", backend.notice_retry_ms),
-                ("backend.max_in_flight", backend.max_in_flight as u64),
-                (
-                    "backend.max_pending_notices",
-                    backend.max_pending_notices as u64,
-                ),
-            ];
-            for (key, value) in positive {
-                if value == 0 {
-                    return Err(invalid(key, "must be greater than 0".into()));
-                }
             }
             if backend.notice_retry_ms < backend.request_timeout_ms {
                 return Err(invalid(
@@ -769,28 +812,6 @@ impl Config {
                         "{} must be at least backend.request_timeout_ms ({}), or a disconnect notice would get less time than a frame",
                         backend.notice_retry_ms, backend.request_timeout_ms
                     ),
-                ));
-            }
-        }
-        // Any backend: it also bounds requests waiting for the authorization hook, and 0 would
-        // close every connection at its first subscribe.
-        if self.backend.max_pending_per_connection == 0 {
-            return Err(invalid(
-                "backend.max_pending_per_connection",
-                "must be greater than 0".into(),
-            ));
-        }
-        if let Some(url) = &self.authorization.url {
-            if !url.starts_with("http://") || url.parse::<awc::http::Uri>().is_err() {
-                return Err(invalid(
-                    "authorization.url",
-                    format!("`{url}` is not an http:// URL"),
-                ));
-            }
-            if self.authorization.timeout_ms == 0 {
-                return Err(invalid(
-                    "authorization.timeout_ms",
-                    "must be greater than 0".into(),
                 ));
             }
         }
@@ -841,14 +862,6 @@ impl Config {
                     &format!("routes[{i}].xrf_cookie"),
                     "applies to the groups dialect only".into(),
                 ));
-            }
-            if let Some(url) = &route.accept_url {
-                if !url.starts_with("http://") || url.parse::<awc::http::Uri>().is_err() {
-                    return Err(invalid(
-                        &format!("routes[{i}].accept_url"),
-                        format!("`{url}` is not an http:// URL"),
-                    ));
-                }
             }
             if self.routes[..i].iter().any(|r| r.path == route.path) {
                 return Err(invalid(&key, format!("`{path}` is listed twice")));
@@ -991,7 +1004,7 @@ mod tests {
             .origin_policy()
             .unwrap()
             .allows("https://a.example.com"));
-        assert_eq!(config.push.body_timeout_ms, 10_000);
+        assert_eq!(config.push.body_timeout_ms.get(), 10_000);
         let err =
             check("[push]\nallowed_origins = [\"https://ok.example\", \"app.example.com\"]\n")
                 .unwrap_err();
@@ -1014,6 +1027,23 @@ mod tests {
                 "examples/ws2api.toml",
                 include_str!("../examples/ws2api.toml"),
             ),
+            ("examples/awx.toml", include_str!("../examples/awx.toml")),
+            (
+                "examples/fedmsg.toml",
+                include_str!("../examples/fedmsg.toml"),
+            ),
+            (
+                "deploy/production.toml",
+                include_str!("../deploy/production.toml"),
+            ),
+            (
+                "bench/configs/hub.toml",
+                include_str!("../bench/configs/hub.toml"),
+            ),
+            (
+                "bench/configs/relay.toml",
+                include_str!("../bench/configs/relay.toml"),
+            ),
             (
                 ".ci/conformance.toml",
                 include_str!("../.ci/conformance.toml"),
@@ -1023,6 +1053,170 @@ mod tests {
                 panic!("{name}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn every_shipped_config_is_in_the_list_above() {
+        // A config added under one of these folders without a line in
+        // `shipped_configs_are_valid` fails here.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let listed = [
+            "config.toml",
+            "examples/awx.toml",
+            "examples/fedmsg.toml",
+            "examples/socketdock.toml",
+            "examples/ws2api.toml",
+            "deploy/production.toml",
+            "bench/configs/hub.toml",
+            "bench/configs/relay.toml",
+            ".ci/conformance.toml",
+        ];
+        for folder in ["examples", "deploy", "bench/configs", ".ci"] {
+            for entry in std::fs::read_dir(root.join(folder)).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "toml") {
+                    let name = path
+                        .strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned();
+                    assert!(listed.contains(&name.as_str()), "{name} is not checked");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn urls_are_parsed_when_read_and_name_their_key() {
+        for (text, key) in [
+            ("[backend]\nurl = \"ftp://x\"\n", "`backend.url`"),
+            (
+                "[backend]\nconnect_url = \"app/connect\"\n",
+                "`backend.connect_url`",
+            ),
+            (
+                "[backend]\ndisconnect_url = \"https://app\"\n",
+                "`backend.disconnect_url`",
+            ),
+            (
+                "[backend]\nexternal_url = \"hub:8081\"\n",
+                "`backend.external_url`",
+            ),
+            (
+                "[authorization]\nurl = \"http://a b\"\n",
+                "`authorization.url`",
+            ),
+            (
+                "[[routes]]\npath = \"/x\"\ndialect = \"groups\"\naccept_url = \"ws://app\"\n",
+                "`routes[0].accept_url`",
+            ),
+        ] {
+            let err = check(text).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("URL"), "{text}: {err}");
+        }
+        let config = check(
+            "[backend]\nkind = \"http\"\nurl = \"http://127.0.0.1:9/app/\"\nexternal_url = \"https://hub.example\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.backend.url.as_ref().map(HttpUrl::as_str),
+            Some("http://127.0.0.1:9/app/")
+        );
+        assert_eq!(
+            config.backend.external_url.as_ref().map(PublicUrl::as_str),
+            Some("https://hub.example")
+        );
+        assert!(HttpUrl::parse("http://app:8000/hook").is_ok());
+        assert!(
+            HttpUrl::parse("https://app").is_err(),
+            "TLS is not built in"
+        );
+        assert!(PublicUrl::parse("https://app").is_ok());
+    }
+
+    #[test]
+    fn numbers_are_refused_when_read_with_their_key() {
+        for (text, key, says) in [
+            (
+                "[push]\nbody_timeout_ms = 0",
+                "push.body_timeout_ms",
+                "greater than 0",
+            ),
+            (
+                "[authorization]\ntimeout_ms = 0",
+                "authorization.timeout_ms",
+                "greater than 0",
+            ),
+            (
+                "[limits]\nheartbeat_interval_ms = 0",
+                "limits.heartbeat_interval_ms",
+                "greater than 0",
+            ),
+            (
+                "[limits]\nmax_message_size = 0",
+                "limits.max_message_size",
+                "1..=1073741824",
+            ),
+            (
+                "[limits]\noutbound_queue = 1048577",
+                "limits.outbound_queue",
+                "out of range",
+            ),
+            (
+                "[limits]\noutbound_queue_bytes = 0",
+                "limits.outbound_queue_bytes",
+                "greater than 0",
+            ),
+            (
+                "[limits]\nmax_messages_per_second = 0",
+                "limits.max_messages_per_second",
+                "greater than 0",
+            ),
+            (
+                "[limits]\nmax_messages_per_second = 4294967296",
+                "limits.max_messages_per_second",
+                "too large",
+            ),
+            (
+                "[limits]\nmax_subscriptions = 0",
+                "limits.max_subscriptions",
+                "greater than 0",
+            ),
+            ("[server]\nworkers = 257", "server.workers", "0..=256"),
+            (
+                "[server]\nmax_connections = 0",
+                "server.max_connections",
+                "greater than 0",
+            ),
+            ("[server]\nworkers = -1", "server.workers", ""),
+        ] {
+            let err = check(&format!("{text}\n")).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("`{key}`")) && err.contains(says),
+                "{text}: {err}"
+            );
+        }
+        let config = check("[server]\nworkers = 0\nmax_connections = 5\n").unwrap();
+        assert_eq!(
+            (config.server.workers, config.server.max_connections),
+            (0, Some(5))
+        );
+    }
+
+    #[test]
+    fn errors_carry_the_line_as_well_as_the_key() {
+        let err = check("[server]\npage = true\n\n[backend]\nmax_in_flight = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("test.toml: `backend.max_in_flight`:") && err.contains("line 5"),
+            "{err}"
+        );
+        // A value of the wrong type is named too.
+        let err = check("[limits]\nmax_batch = \"many\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`limits.max_batch`"), "{err}");
     }
 
     #[test]
@@ -1114,7 +1308,7 @@ mod tests {
     fn answers_are_capped_at_max_message_size() {
         let config = check("[limits]\nmax_message_size = 4096\n").unwrap();
         assert_eq!(config.backend.max_answer_size, 4096);
-        assert_eq!(check("").unwrap().backend.notice_retry_ms, 300_000);
+        assert_eq!(check("").unwrap().backend.notice_retry_ms.get(), 300_000);
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! - [`session`]: the per-socket actor; the only module that knows the WebSocket library.
 //! - [`dialect`]: one pure codec per route kind (`raw`, `jsonrpc`).
 //! - [`backend`]: where relay routes send frames: the loopback echo, or [`backend::http`], one
-//!   actor per worker that relays to an application in SocketDock's or ws2api's format.
+//!   actor per worker that relays to an application in a relay format ([`backend::socketdock`],
+//!   [`backend::ws2api`]: each one file with its requests and its push paths).
+//! - [`hook`]: questions asked of the application: the connect hook, the authorizer.
 //! - [`origin`]: which `Origin` and `Host` header values a listener accepts (CSRF, DNS rebinding).
 //! - [`push`]: the push API for backends (HTTP handlers -> hub messages).
 //! - [`push_rpc`]: RocketWS's JSON-RPC backend port (`POST /` on the push listener).
@@ -25,6 +27,7 @@ mod delivery;
 pub mod dialect;
 mod frame;
 mod gate;
+pub mod hook;
 pub mod hub;
 mod operation;
 pub mod origin;

@@ -22,7 +22,7 @@ use crate::dialect::jsonrpc::{
     METHOD_NOT_FOUND, PARSE_ERROR,
 };
 use crate::hub::HubHandle;
-use crate::push::{read_body, ApiError, Authorized, PushSettings};
+use crate::push::guard::{read_body, ApiError, Authorized, PushSettings};
 
 /// `POST /`: run the request or batch; 200 with the response(s), 204 when all were
 /// notifications.

@@ -15,12 +15,12 @@ use actix_web::dev::{AppConfig, ResourceDef};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context as _;
 
-use crate::backend::admission::Admission;
-use crate::backend::authorizer::Authorizer;
 use crate::backend::http::PendingNotices;
 use crate::backend::Backend;
 use crate::config::{BackendKind, Config};
 use crate::frame::{close_code, Close};
+use crate::hook::authorize::Authorizer;
+use crate::hook::connect::ConnectHook;
 use crate::hub::HubHandle;
 use crate::push::{self, PushSettings};
 use crate::session::RouteContext;
@@ -200,7 +200,7 @@ pub async fn run(
                 let backend = Backend::for_worker(&config.backend, &notices);
                 let authorizer = Authorizer::for_worker(&config.authorization);
                 let hooked = config.routes.iter().any(|r| r.accept_url.is_some());
-                let admission = hooked.then(Admission::start_for_worker);
+                let admission = hooked.then(ConnectHook::start_for_worker);
                 let upgrader = Rc::new(Upgrader {
                     routes: routes
                         .iter()

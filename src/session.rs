@@ -26,15 +26,15 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::net::TcpStream;
 
-use crate::backend::authorizer::{Authorize, Authorizer};
 use crate::backend::http::{BackendReply, Closed, Open, Relay};
-use crate::backend::Backend;
+use crate::backend::{loopback, Backend};
 use crate::config::LimitsConfig;
 use crate::connection::ConnectionId;
 use crate::delivery::{Deliver, Outbound};
 use crate::dialect::{Action, Dialect, DialectKind, DialectOptions, ReplyPlan};
 use crate::frame::{close_code, Close, Frame};
 use crate::gate;
+use crate::hook::authorize::{Authorize, Authorizer};
 use crate::hub::{ConnectRefused, HubHandle, Registration};
 use crate::operation::ChannelOp;
 use crate::outbox::{Backlog, Outbox};
@@ -603,7 +603,7 @@ impl Session {
         }
         match self.dialect.decode(frame) {
             Action::Relay(frame) => match &self.backend {
-                Backend::Loopback => self.reply(ctx, frame),
+                Backend::Loopback => self.reply(ctx, loopback::answer(frame)),
                 Backend::Http { addr, .. } => {
                     if self.pending >= self.route.max_pending {
                         return self.fail(

@@ -21,13 +21,13 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio::net::TcpStream;
 
-use crate::backend::admission::{Admission, Admit};
-use crate::backend::authorizer::Authorizer;
 use crate::backend::http::Check;
 use crate::backend::Backend;
 use crate::config::TrustedProxies;
 use crate::connection::ConnectionId;
 use crate::frame::Frame;
+use crate::hook::authorize::Authorizer;
+use crate::hook::connect::{Admit, ConnectHook};
 use crate::session::{self, RouteContext, SessionSetup};
 
 /// The upgrade's view of one worker: the routes and this worker's backend and hooks.
@@ -39,7 +39,7 @@ pub(crate) struct Upgrader {
     /// This worker's authorization hook.
     pub authorizer: Option<Addr<Authorizer>>,
     /// This worker's connect hook client.
-    pub admission: Option<Addr<Admission>>,
+    pub admission: Option<Addr<ConnectHook>>,
     /// WebSocket connections allowed at once in the process.
     pub max_connections: usize,
 }

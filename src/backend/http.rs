@@ -1,5 +1,6 @@
 //! The http backend: one actor per worker thread that owns that thread's `awc` client and
-//! relays frames to the application in SocketDock's or ws2api's format.
+//! relays frames to the application in a relay [`Format`] (SocketDock's or ws2api's); what
+//! each format sends is built in its own file, this one only sends, queues and retries.
 //!
 //! Per connection the backend keeps a queue of jobs (connect notice, messages, disconnect
 //! notice) and runs them strictly one after another, so the application sees a connection's
@@ -22,13 +23,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use awc::http::{Method, StatusCode};
-use base64::Engine;
+use awc::http::StatusCode;
 use bytes::Bytes;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
-use super::{read_answer, AnswerError};
-use crate::config::{BackendConfig, RelayFormat};
+use super::callout::{frame_of, read_answer, NOTICE_ID_HEADER};
+use super::{BackendError, Format, Request};
+use crate::config::BackendConfig;
 use crate::connection::ConnectionId;
 use crate::frame::{close_code, Close, Frame};
 
@@ -39,11 +40,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest wait between two tries of a kept disconnect notice: an application back from an
 /// outage hears about the connections that ended meanwhile within this long.
 const NOTICE_MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Largest ws2api connect-check answer read: the only answer that admits is `ok`.
-const CHECK_ANSWER_LIMIT: usize = 64 * 1024;
-/// The header that names a notice (connect notice, disconnect notice, connect check). It is the
-/// same on every try of that notice, so an application can drop copies it already processed.
-pub const NOTICE_ID_HEADER: &str = "switchboard-notice-id";
 
 /// Backend -> session: what became of a job.
 #[derive(Message, Debug)]
@@ -135,30 +131,22 @@ impl PendingNotices {
 
 /// Settings shared by every request of one backend.
 struct Settings {
-    format: RelayFormat,
-    url: String,
-    connect_url: Option<String>,
-    disconnect_url: Option<String>,
-    external_url: String,
+    /// What the requests look like.
+    format: Box<dyn Format>,
+    /// Deadline for one callout, retries included.
     request_timeout: Duration,
+    /// Callouts this worker may have in flight (`backend.max_in_flight`).
     max_in_flight: usize,
     /// How long the disconnect notice of an ended connection is retried.
     notice_retry: Duration,
     /// Disconnect notices kept for retries, across workers.
     max_pending_notices: usize,
-    /// Largest answer body read (`limits.max_message_size`).
-    max_answer: usize,
 }
 
 /// One callout for one connection.
 enum Job {
-    /// SocketDock connect notice (with the upgrade request's headers and the client address).
-    Connect {
-        /// The upgrade request's headers and client address.
-        headers: Value,
-        /// Its [`NOTICE_ID_HEADER`].
-        notice_id: String,
-    },
+    /// The format's connect notice, with its [`NOTICE_ID_HEADER`] set.
+    Connect(Request),
     /// A client frame.
     Message(Frame),
     /// The connection ended: send the disconnect notice if there is one, then forget the queue.
@@ -168,10 +156,8 @@ enum Job {
 /// The disconnect notice of an ended connection: tried until delivered or `notice_retry` after
 /// the connection ended.
 struct Notice {
-    /// ws2api's DELETE body: the close reason, `EOF` for a dropped connection.
-    reason: String,
-    /// Its [`NOTICE_ID_HEADER`], the same on every try.
-    id: String,
+    /// The format's request, with its [`NOTICE_ID_HEADER`]: the same on every try.
+    request: Request,
     /// When the connection ended.
     since: Instant,
     /// The wait before the next try.
@@ -183,10 +169,10 @@ struct Notice {
 }
 
 impl Notice {
-    fn new(reason: String) -> Self {
+    fn new(mut request: Request) -> Self {
+        request.notice_id = Some(new_notice_id());
         Self {
-            reason,
-            id: new_notice_id(),
+            request,
             since: Instant::now(),
             backoff: FIRST_BACKOFF,
             kept: false,
@@ -208,7 +194,8 @@ struct Queue {
     busy: bool,
 }
 
-/// Session -> backend: a connection opened (registers it; SocketDock: sends the connect notice).
+/// Session -> backend: a connection opened (registers it, and sends the format's connect
+/// notice, if it has one).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Open {
@@ -245,7 +232,8 @@ pub struct Closed {
     pub notify: bool,
 }
 
-/// Upgrade handler -> backend: ws2api's connect check, `GET {url}/{id}`.
+/// Upgrade handler -> backend: may this client connect? The format's connect check (ws2api:
+/// `GET {url}/{id}`); true at once for a format that asks nothing.
 #[derive(Message)]
 #[rtype(result = "Result<bool, CheckError>")]
 pub struct Check {
@@ -256,21 +244,6 @@ pub struct Check {
     /// The client's address, sent as `X-Forwarded-For`.
     pub remote: Option<String>,
 }
-
-/// Headers of the upgrade request that belong to that hop and are not forwarded.
-/// The client's own forwarding headers are dropped too: the hub sets `X-Forwarded-For` itself.
-const HOP_HEADERS: [&str; 10] = [
-    "host",
-    "connection",
-    "upgrade",
-    "content-length",
-    "transfer-encoding",
-    "x-forwarded-for",
-    "forwarded",
-    "x-real-ip",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-];
 
 /// One worker's http backend.
 pub struct HttpBackend {
@@ -285,88 +258,34 @@ impl Actor for HttpBackend {
     type Context = Context<Self>;
 }
 
-/// What went wrong with one callout.
+/// The connect check could not be made (the upgrade is then refused with 502).
 #[derive(Debug, thiserror::Error)]
-pub enum CalloutError {
-    /// The TCP connection could not be made: the application saw nothing (retried).
-    #[error("cannot connect: {0}")]
-    Connect(String),
-    /// A 5xx: the application did not process it (retried).
-    #[error("backend answered {0}")]
-    Unavailable(StatusCode),
-    /// A 4xx (or another non-2xx): the application refused this one callout (not retried).
-    #[error("backend refused it with {0}")]
-    Refused(StatusCode),
-    /// No complete answer, body included, within the time left.
-    #[error("no complete answer within {0:?}")]
-    Timeout(Duration),
-    /// The answer could not be relayed (too large, or cut off mid-body).
-    #[error(transparent)]
-    Answer(#[from] AnswerError),
-    /// The request may have reached the application (connection closed mid-request, ...).
-    #[error("{0}")]
-    Transport(String),
-    /// The deadline passed between two attempts.
-    #[error("deadline passed")]
-    Deadline,
-}
-
-impl CalloutError {
-    /// Whether a frame's callout may be tried again: only when the application cannot have
-    /// processed it, so a frame is never relayed twice.
-    fn transient(&self) -> bool {
-        matches!(self, Self::Connect(_) | Self::Unavailable(_))
-    }
-
-    /// The close a session gets when its frame's callout failed with this.
-    fn close(&self) -> Close {
-        match self {
-            Self::Answer(AnswerError::TooLarge { .. }) => Close::new(
-                close_code::INTERNAL_ERROR,
-                "backend answer larger than max_message_size",
-            ),
-            _ => Close::new(close_code::TRY_AGAIN_LATER, "backend unavailable"),
-        }
-    }
-}
-
-/// The ws2api connect check could not be made (the upgrade is then refused with 502).
-#[derive(Debug, thiserror::Error)]
-#[error("GET {url}: {error}")]
+#[error("{request}: {error}")]
 pub struct CheckError {
-    url: String,
-    error: CalloutError,
+    /// The check's method and URL.
+    request: String,
+    /// What went wrong.
+    error: BackendError,
 }
 
 impl HttpBackend {
     /// A backend for the current worker thread.
-    pub fn new(config: &BackendConfig, notices: PendingNotices) -> Self {
+    pub fn new(config: &BackendConfig, format: Box<dyn Format>, notices: PendingNotices) -> Self {
         let client = awc::Client::builder()
-            .timeout(Duration::from_millis(config.request_timeout_ms))
+            .timeout(Duration::from_millis(config.request_timeout_ms.get()))
             .connector(
                 awc::Connector::new()
-                    .timeout(Duration::from_millis(config.connect_timeout_ms))
-                    .limit(config.max_in_flight),
+                    .timeout(Duration::from_millis(config.connect_timeout_ms.get()))
+                    .limit(config.max_in_flight.get()),
             )
             .disable_redirects()
             .finish();
-        let url = config.url.clone().unwrap_or_default();
         let settings = Settings {
-            format: config.format,
-            url: url.trim_end_matches('/').to_owned(),
-            connect_url: config.connect_url.clone(),
-            disconnect_url: config.disconnect_url.clone(),
-            external_url: config
-                .external_url
-                .clone()
-                .unwrap_or_default()
-                .trim_end_matches('/')
-                .to_owned(),
-            request_timeout: Duration::from_millis(config.request_timeout_ms),
-            max_in_flight: config.max_in_flight,
-            notice_retry: Duration::from_millis(config.notice_retry_ms),
-            max_pending_notices: config.max_pending_notices,
-            max_answer: config.max_answer_size,
+            format,
+            request_timeout: Duration::from_millis(config.request_timeout_ms.get()),
+            max_in_flight: config.max_in_flight.get(),
+            notice_retry: Duration::from_millis(config.notice_retry_ms.get()),
+            max_pending_notices: config.max_pending_notices.get(),
         };
         Self {
             client,
@@ -393,18 +312,27 @@ impl HttpBackend {
             Some(Job::Finish {
                 notice: Some(notice),
             }) => self.send_notice(key, notice, ctx),
-            Some(job) => self.send_job(key, job, ctx),
+            Some(Job::Connect(request)) => self.send_callout(key, request, true, ctx),
+            Some(Job::Message(frame)) => {
+                let request = self.settings.format.message(&queue.id, &frame);
+                self.send_callout(key, request, false, ctx);
+            }
         }
     }
 
-    /// Run a frame or connect notice of a live connection: retried until `request_timeout`,
-    /// then the client is closed with 1013.
-    fn send_job(&mut self, key: u64, job: Job, ctx: &mut Context<Self>) {
+    /// Run a frame's callout (or, `is_connect`, the connect notice) of a live connection:
+    /// retried until `request_timeout`, then the client is closed with 1013.
+    fn send_callout(
+        &mut self,
+        key: u64,
+        request: Request,
+        is_connect: bool,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(queue) = self.queues.get(&key) else {
             return;
         };
         let id = queue.id.clone();
-        let is_connect = matches!(job, Job::Connect { .. });
         let what = if is_connect {
             "connect notice"
         } else {
@@ -428,18 +356,14 @@ impl HttpBackend {
             )));
             return self.pump(key, ctx);
         }
-        let Some(request) = self.request(&id, &job) else {
-            return self.pump(key, ctx);
-        };
         if let Some(queue) = self.queues.get_mut(&key) {
             queue.busy = true;
         }
         self.in_flight += 1;
         let client = self.client.clone();
         let deadline = Instant::now() + self.settings.request_timeout;
-        let limit = self.settings.max_answer;
         async move {
-            let result = call(&client, &request, deadline, limit).await;
+            let result = call(&client, &request, deadline).await;
             (request, result)
         }
         .into_actor(self)
@@ -450,7 +374,7 @@ impl HttpBackend {
                 Ok(_) if is_connect => None,
                 Ok(Some(frame)) => Some(BackendReply::Answer(frame)),
                 Ok(None) => Some(BackendReply::Done),
-                Err(CalloutError::Refused(status)) => {
+                Err(BackendError::Refused(status)) => {
                     // The application refused this one callout: logged, the connection lives.
                     log::warn!("id={id} {request}: backend answered {status}");
                     (!is_connect).then_some(BackendReply::Done)
@@ -485,10 +409,7 @@ impl HttpBackend {
         let Some(id) = self.queues.get(&key).map(|queue| queue.id.clone()) else {
             return;
         };
-        let Some(request) = self.notice_request(&id, &notice) else {
-            self.finish_notice(key, &notice);
-            return;
-        };
+        let request = notice.request.clone();
         if let Some(queue) = self.queues.get_mut(&key) {
             queue.busy = true;
         }
@@ -496,7 +417,7 @@ impl HttpBackend {
         let client = self.client.clone();
         let timeout = self.settings.request_timeout;
         async move {
-            let result = attempt(&client, &request, timeout, 0).await;
+            let result = attempt(&client, &request, timeout).await;
             (request, result)
         }
         .into_actor(self)
@@ -504,7 +425,7 @@ impl HttpBackend {
             act.in_flight -= 1;
             match result {
                 Ok(_) => act.finish_notice(key, &notice),
-                Err(CalloutError::Refused(status)) => {
+                Err(BackendError::Refused(status)) => {
                     log::warn!("id={id} {request}: backend answered {status}; not retried");
                     act.finish_notice(key, &notice);
                 }
@@ -529,7 +450,7 @@ impl HttpBackend {
         key: u64,
         mut notice: Notice,
         request: &Request,
-        error: CalloutError,
+        error: BackendError,
         ctx: &mut Context<Self>,
     ) {
         let Some(queue) = self.queues.get(&key) else {
@@ -587,120 +508,6 @@ impl HttpBackend {
             act.pump(key, ctx);
         });
     }
-
-    /// The HTTP request for a frame or connect notice in the configured format; `None` when
-    /// there is nothing to call.
-    fn request(&self, id: &ConnectionId, job: &Job) -> Option<Request> {
-        let s = &self.settings;
-        match (s.format, job) {
-            (RelayFormat::SocketDock, Job::Connect { headers, notice_id }) => {
-                let mut meta = self.meta(id);
-                if let (Value::Object(meta), Value::Object(extra)) = (&mut meta, headers) {
-                    meta.extend(extra.clone());
-                }
-                let mut request = Request::json(s.connect_url.clone()?, json!({ "meta": meta }));
-                request.notice_id = Some(notice_id.clone());
-                Some(request)
-            }
-            (RelayFormat::SocketDock, Job::Message(frame)) => {
-                let mut body = Map::new();
-                body.insert("meta".into(), self.meta(id));
-                match frame {
-                    Frame::Text(text) => {
-                        body.insert("message".into(), Value::String(text.to_string()));
-                    }
-                    Frame::Binary(bytes) => match std::str::from_utf8(bytes) {
-                        Ok(text) => {
-                            body.insert("message".into(), text.into());
-                        }
-                        Err(_) => {
-                            let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
-                            body.insert("message".into(), encoded.into());
-                            body.insert("message_encoding".into(), "base64".into());
-                        }
-                    },
-                }
-                Some(Request::json(s.url.clone(), Value::Object(body)))
-            }
-            (RelayFormat::Ws2Api, Job::Message(frame)) => {
-                let (content_type, body) = match frame {
-                    Frame::Text(text) => ("text/plain; charset=utf-8", text.clone().into_bytes()),
-                    Frame::Binary(bytes) => ("application/octet-stream", bytes.clone()),
-                };
-                Some(Request {
-                    method: Method::POST,
-                    url: format!("{}/{id}", s.url),
-                    content_type,
-                    body,
-                    answers: true,
-                    notice_id: None,
-                })
-            }
-            (RelayFormat::Ws2Api, Job::Connect { .. }) | (_, Job::Finish { .. }) => None,
-        }
-    }
-
-    /// The disconnect notice's request in the configured format; `None` when SocketDock has no
-    /// `disconnect_url`.
-    fn notice_request(&self, id: &ConnectionId, notice: &Notice) -> Option<Request> {
-        let s = &self.settings;
-        let mut request = match s.format {
-            RelayFormat::SocketDock => {
-                Request::json(s.disconnect_url.clone()?, json!({ "connection_id": id }))
-            }
-            RelayFormat::Ws2Api => Request {
-                method: Method::DELETE,
-                url: format!("{}/{id}", s.url),
-                content_type: "text/plain; charset=utf-8",
-                body: Bytes::from(notice.reason.clone()),
-                answers: false,
-                notice_id: None,
-            },
-        };
-        request.notice_id = Some(notice.id.clone());
-        Some(request)
-    }
-
-    /// SocketDock's `meta` object for a connection.
-    fn meta(&self, id: &ConnectionId) -> Value {
-        let base = &self.settings.external_url;
-        json!({
-            "connection_id": id,
-            "send": format!("{base}/socket/{id}/send"),
-            "disconnect": format!("{base}/socket/{id}/disconnect"),
-        })
-    }
-}
-
-/// A prepared callout.
-struct Request {
-    method: Method,
-    url: String,
-    content_type: &'static str,
-    body: Bytes,
-    /// Whether a non-empty response body is sent back to the client (ws2api).
-    answers: bool,
-    /// The [`NOTICE_ID_HEADER`] of a notice.
-    notice_id: Option<String>,
-}
-
-impl Request {
-    fn json(url: String, body: Value) -> Self {
-        Self {
-            method: Method::POST,
-            url,
-            content_type: "application/json",
-            body: Bytes::from(body.to_string()),
-            answers: false,
-            notice_id: None,
-        }
-    }
-}
-
-impl std::fmt::Display for Request {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.method, self.url)
-    }
 }
 
 /// Run a callout with retries until `deadline`. Ok(Some(frame)) is an answer for the client.
@@ -708,16 +515,15 @@ async fn call(
     client: &awc::Client,
     request: &Request,
     deadline: Instant,
-    limit: usize,
-) -> Result<Option<Frame>, CalloutError> {
+) -> Result<Option<Frame>, BackendError> {
     let mut backoff = FIRST_BACKOFF;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(CalloutError::Deadline);
+            return Err(BackendError::Deadline);
         }
-        let error = match attempt(client, request, remaining, limit).await {
-            Ok(answer) => return Ok(answer.and_then(answer_frame)),
+        let error = match attempt(client, request, remaining).await {
+            Ok((_, answer)) => return Ok(answer.filter(|body| !body.is_empty()).map(frame_of)),
             Err(e) if e.transient() => e,
             // Anything else (timeout, connection closed mid-request) may have reached the
             // application: not retried, so a frame is never relayed twice.
@@ -732,60 +538,40 @@ async fn call(
     }
 }
 
-/// One attempt: request, status, and (when the request answers) a body of at most `limit`
-/// bytes, all within `timeout`. Ok(Some(body)) is the answer body of a 2xx.
+/// One attempt: request, status, and (when the request reads its answer) a body of at most
+/// its `answer_limit` bytes, all within `timeout`. Ok is a 2xx, with the body when read.
 async fn attempt(
     client: &awc::Client,
     request: &Request,
     timeout: Duration,
-    limit: usize,
-) -> Result<Option<Bytes>, CalloutError> {
+) -> Result<(StatusCode, Option<Bytes>), BackendError> {
     let exchange = async {
         let mut builder = client
             .request(request.method.clone(), &request.url)
-            .timeout(timeout)
-            .insert_header(("content-type", request.content_type));
+            .timeout(timeout);
+        if let Some(content_type) = request.content_type {
+            builder = builder.insert_header(("content-type", content_type));
+        }
         if let Some(id) = &request.notice_id {
             builder = builder.insert_header((NOTICE_ID_HEADER, id.as_str()));
         }
-        let mut response = builder
-            .send_body(request.body.clone())
-            .await
-            .map_err(send_error)?;
+        for (name, value) in &request.headers {
+            builder = builder.append_header((name.as_str(), value.as_str()));
+        }
+        let mut response = match request.content_type {
+            Some(_) => builder.send_body(request.body.clone()).await?,
+            None => builder.send().await?,
+        };
         let status = response.status();
-        if status.is_server_error() {
-            return Err(CalloutError::Unavailable(status));
-        }
-        if !status.is_success() {
-            return Err(CalloutError::Refused(status));
-        }
-        if !request.answers {
-            return Ok(None);
-        }
-        Ok(Some(read_answer(&mut response, limit).await?))
+        BackendError::check_status(status)?;
+        let Some(limit) = request.answer_limit else {
+            return Ok((status, None));
+        };
+        Ok((status, Some(read_answer(&mut response, limit).await?)))
     };
     actix_web::rt::time::timeout(timeout, exchange)
         .await
-        .unwrap_or(Err(CalloutError::Timeout(timeout)))
-}
-
-/// Sort awc's send errors: only a failed connect is known not to have reached the application.
-fn send_error(error: awc::error::SendRequestError) -> CalloutError {
-    match error {
-        awc::error::SendRequestError::Connect(e) => CalloutError::Connect(e.to_string()),
-        other => CalloutError::Transport(other.to_string()),
-    }
-}
-
-/// A non-empty answer becomes a text frame when it is UTF-8, else a binary one.
-fn answer_frame(body: Bytes) -> Option<Frame> {
-    if body.is_empty() {
-        return None;
-    }
-    Some(match bytestring::ByteString::try_from(body.clone()) {
-        Ok(text) => Frame::Text(text),
-        Err(_) => Frame::Binary(body),
-    })
+        .unwrap_or(Err(BackendError::Timeout(timeout)))
 }
 
 impl Handler<Open> for HttpBackend {
@@ -793,11 +579,9 @@ impl Handler<Open> for HttpBackend {
 
     fn handle(&mut self, msg: Open, ctx: &mut Context<Self>) {
         let mut jobs = VecDeque::new();
-        if self.settings.format == RelayFormat::SocketDock && self.settings.connect_url.is_some() {
-            jobs.push_back(Job::Connect {
-                headers: msg.headers,
-                notice_id: new_notice_id(),
-            });
+        if let Some(mut notice) = self.settings.format.connect_notice(&msg.id, &msg.headers) {
+            notice.notice_id = Some(new_notice_id());
+            jobs.push_back(Job::Connect(notice));
         }
         self.queues.insert(
             msg.key,
@@ -844,9 +628,22 @@ impl Handler<Closed> for HttpBackend {
             return;
         };
         // Queued frames are still relayed; the notice (if any) goes after the last of them.
-        queue.jobs.push_back(Job::Finish {
-            notice: msg.notify.then(|| Notice::new(msg.reason)),
-        });
+        let notice = match msg.notify {
+            true => match self
+                .settings
+                .format
+                .disconnect_notice(&queue.id, &msg.reason)
+            {
+                Some(request) => Some(Notice::new(request)),
+                None => {
+                    // Counted by the session, but this format announces nothing.
+                    self.notices.done();
+                    None
+                }
+            },
+            false => None,
+        };
+        queue.jobs.push_back(Job::Finish { notice });
         self.pump(msg.key, ctx);
     }
 }
@@ -855,40 +652,29 @@ impl Handler<Check> for HttpBackend {
     type Result = ResponseFuture<Result<bool, CheckError>>;
 
     fn handle(&mut self, msg: Check, _: &mut Context<Self>) -> Self::Result {
-        let url = format!("{}/{}", self.settings.url, msg.id);
-        let timeout = self.settings.request_timeout;
-        let limit = CHECK_ANSWER_LIMIT.min(self.settings.max_answer);
-        let mut request = self
-            .client
-            .get(&url)
-            .timeout(timeout)
-            .insert_header((NOTICE_ID_HEADER, new_notice_id()));
-        for (name, value) in &msg.headers {
-            if !HOP_HEADERS.contains(&name.as_str()) && !name.starts_with("sec-websocket-") {
-                request = request.append_header((name.as_str(), value.as_str()));
-            }
-        }
-        if let Some(remote) = &msg.remote {
-            request = request.insert_header(("x-forwarded-for", remote.as_str()));
-        }
+        let settings = self.settings.clone();
+        let Some(mut request) =
+            settings
+                .format
+                .connect_check(&msg.id, &msg.headers, msg.remote.as_deref())
+        else {
+            return Box::pin(async { Ok(true) });
+        };
+        request.notice_id = Some(new_notice_id());
+        let client = self.client.clone();
         Box::pin(async move {
             // The whole check, answer body included, within request_timeout_ms.
-            let exchange = async {
-                let mut response = request.send().await.map_err(send_error)?;
-                match response.status() {
-                    StatusCode::OK => {}
-                    status if status.is_server_error() => {
-                        return Err(CalloutError::Unavailable(status))
-                    }
-                    status => return Err(CalloutError::Refused(status)),
-                }
-                Ok(read_answer(&mut response, limit).await?)
-            };
-            let body = actix_web::rt::time::timeout(timeout, exchange)
+            let result = attempt(&client, &request, settings.request_timeout)
                 .await
-                .unwrap_or(Err(CalloutError::Timeout(timeout)))
-                .map_err(|error| CheckError { url, error })?;
-            Ok(&body[..] == b"ok")
+                .and_then(|(status, body)| {
+                    settings
+                        .format
+                        .admits(status, body.as_deref().unwrap_or_default())
+                });
+            result.map_err(|error| CheckError {
+                request: request.to_string(),
+                error,
+            })
         })
     }
 }

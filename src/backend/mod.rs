@@ -1,19 +1,36 @@
 //! Backends: where the frames of relay (raw-dialect) routes go, and where replies come from.
 //! A backend is the only place with outbound I/O. Each HTTP worker thread builds its own
 //! [`Backend`] (an `awc` client is `!Send`, so it cannot be shared across threads).
+//!
+//! # Layout
+//! - [`loopback`]: the echo backend (demos, conformance runs).
+//! - [`http`]: the generic relay machinery: one actor per worker, per-connection job queues,
+//!   retries, the in-flight cap, disconnect notices kept through outages.
+//! - [`socketdock`], [`ws2api`]: the relay formats, each one [`Format`] with everything it
+//!   needs: its requests, how its answers are read, and its push-API compatibility paths.
+//! - [`callout`]: what every call to the application shares: the prepared request, the typed
+//!   [`BackendError`], bounded answer bodies (the hooks in [`crate::hook`] use it too).
 
-pub mod admission;
-pub mod authorizer;
+pub mod callout;
 pub mod http;
+pub mod loopback;
+pub mod socketdock;
+pub mod ws2api;
 
 use actix::{Actor, Addr};
+use awc::http::StatusCode;
+use serde_json::Value;
+
+pub use callout::{BackendError, Request};
 
 use crate::config::{BackendConfig, BackendKind, RelayFormat};
+use crate::connection::ConnectionId;
+use crate::frame::Frame;
 
 /// The backend handle a session relays through.
 #[derive(Clone)]
 pub enum Backend {
-    /// Echo every frame back to its sender: text stays text, binary stays binary.
+    /// Echo every frame back to its sender (see [`loopback::answer`]).
     Loopback,
     /// Relay to an HTTP application through this worker's backend actor.
     Http {
@@ -32,61 +49,63 @@ impl Backend {
     pub fn for_worker(config: &BackendConfig, notices: &http::PendingNotices) -> Self {
         match config.kind {
             BackendKind::Loopback => Backend::Loopback,
-            BackendKind::Http => Backend::Http {
-                addr: http::HttpBackend::new(config, notices.clone()).start(),
-                checks_connect: config.format == RelayFormat::Ws2Api,
-                notices: (config.format == RelayFormat::Ws2Api || config.disconnect_url.is_some())
-                    .then(|| notices.clone()),
-            },
+            BackendKind::Http => {
+                let format = format_for(config);
+                Backend::Http {
+                    checks_connect: format.checks_connect(),
+                    notices: format.announces_disconnects().then(|| notices.clone()),
+                    addr: http::HttpBackend::new(config, format, notices.clone()).start(),
+                }
+            }
         }
     }
 }
 
-/// Why an answer body from the application was not read.
-#[derive(Debug, thiserror::Error)]
-pub enum AnswerError {
-    /// The answer is larger than the hub relays (announced by Content-Length, or counted while
-    /// reading a body without one).
-    #[error("answer {} is larger than the limit of {limit} bytes", announced.map_or_else(|| "body".to_owned(), |n| format!("of {n} bytes")))]
-    TooLarge {
-        /// What Content-Length announced, when it was the header that told.
-        announced: Option<u64>,
-        /// The limit in bytes.
-        limit: usize,
-    },
-    /// The body could not be read (connection closed mid-body, malformed chunking).
-    #[error("reading the answer: {0}")]
-    Read(awc::error::PayloadError),
+/// A relay format: the requests the http backend makes for a connection, and how it reads the
+/// answers. A format only builds and reads; sending, queueing and retrying are [`http`]'s.
+pub trait Format {
+    /// Whether the application is asked before each upgrade ([`Format::connect_check`]).
+    fn checks_connect(&self) -> bool {
+        false
+    }
+
+    /// Whether ended connections are announced ([`Format::disconnect_notice`]).
+    fn announces_disconnects(&self) -> bool;
+
+    /// The notice of a new connection, if this format sends one; `handshake` holds the upgrade
+    /// request's headers (names lowercased) and the client's address.
+    fn connect_notice(&self, _id: &ConnectionId, _handshake: &Value) -> Option<Request> {
+        None
+    }
+
+    /// The callout that relays one client frame.
+    fn message(&self, id: &ConnectionId, frame: &Frame) -> Request;
+
+    /// The notice of an ended connection, if this format sends one; `reason` is the close
+    /// reason, `EOF` when the TCP connection dropped.
+    fn disconnect_notice(&self, id: &ConnectionId, reason: &str) -> Option<Request>;
+
+    /// The question asked before upgrading `id`, if this format asks one; `headers` are the
+    /// upgrade request's (names lowercased), `remote` the client's address.
+    fn connect_check(
+        &self,
+        _id: &ConnectionId,
+        _headers: &[(String, String)],
+        _remote: Option<&str>,
+    ) -> Option<Request> {
+        None
+    }
+
+    /// Whether the answer to [`Format::connect_check`] admits the client.
+    fn admits(&self, _status: StatusCode, _body: &[u8]) -> Result<bool, BackendError> {
+        Ok(true)
+    }
 }
 
-/// Read a whole answer body of at most `limit` bytes. An announced Content-Length over the
-/// limit is refused before a byte of the body is read. There is no deadline here: callers
-/// bound the whole callout, body included, with one timeout.
-pub async fn read_answer<S>(
-    response: &mut awc::ClientResponse<S>,
-    limit: usize,
-) -> Result<bytes::Bytes, AnswerError>
-where
-    S: futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
-{
-    let announced = response
-        .headers()
-        .get(awc::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if let Some(length) = announced {
-        if length > limit as u64 {
-            return Err(AnswerError::TooLarge {
-                announced: Some(length),
-                limit,
-            });
-        }
+/// The format `[backend]` names, built from its settings.
+pub fn format_for(config: &BackendConfig) -> Box<dyn Format> {
+    match config.format {
+        RelayFormat::SocketDock => Box::new(socketdock::SocketDock::new(config)),
+        RelayFormat::Ws2Api => Box::new(ws2api::Ws2Api::new(config)),
     }
-    response.body().limit(limit).await.map_err(|e| match e {
-        awc::error::PayloadError::Overflow => AnswerError::TooLarge {
-            announced: None,
-            limit,
-        },
-        other => AnswerError::Read(other),
-    })
 }

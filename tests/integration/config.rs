@@ -76,6 +76,32 @@ fn bad_configs_name_the_key() {
         &[],
         &["trusted_proxies", "10.0.0.0/33"],
     );
+    // Values are parsed when read: the key and the line are named, for any backend kind.
+    refused(
+        &format!("{listen}[backend]\nurl = \"https://app.example\"\n"),
+        &[],
+        &["`backend.url`", "not an http:// URL", "line"],
+    );
+    refused(
+        &format!("{listen}[[routes]]\npath = \"/x\"\ndialect = \"groups\"\naccept_url = \"app\"\n"),
+        &[],
+        &["`routes[0].accept_url`"],
+    );
+    refused(
+        &format!("{listen}[authorization]\nurl = \"http://127.0.0.1:1/\"\ntimeout_ms = 0\n"),
+        &[],
+        &["`authorization.timeout_ms`", "greater than 0"],
+    );
+    refused(
+        &format!("{listen}[limits]\noutbound_queue = 0\n"),
+        &[],
+        &["`limits.outbound_queue`", "out of range"],
+    );
+    refused(
+        &format!("{listen}[[routes]]\npath = \"/x\"\ndialect = \"raw\"\nxrf_cookie = \"c\"\n"),
+        &[],
+        &["`routes[0].xrf_cookie`", "groups dialect only"],
+    );
     refused(&listen, &["--listen", "localhost"], &["--listen"]);
     refused(&listen, &["--log-level", "loud"], &["log.level"]);
     drop(held);

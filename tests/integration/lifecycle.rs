@@ -41,7 +41,11 @@ async fn heartbeat_closes_a_silent_client_and_keeps_a_live_one() {
         "a ping came first: {received:?}"
     );
     let left = wait_for_connections(&hub, 1).await;
-    assert_eq!(left, vec![live_id], "the silent one is gone, the live one stays");
+    assert_eq!(
+        left,
+        vec![live_id],
+        "the silent one is gone, the live one stays"
+    );
     live.send(Message::Text("still alive".into()))
         .await
         .unwrap();

@@ -7,18 +7,19 @@
 use std::time::Duration;
 
 use actix::prelude::*;
-use bytestring::ByteString;
 use serde_json::Value;
 
-use super::read_answer;
+use crate::backend::callout::{frame_of, read_answer};
+use crate::backend::BackendError;
 use crate::frame::Frame;
 
 /// How long the connect hook may take, answer body included.
-const ADMISSION_TIMEOUT: Duration = Duration::from_secs(5);
+const TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest answer read (it becomes the client's first frame, e.g. AWX's small accept object).
-const ADMISSION_ANSWER_LIMIT: usize = 64 * 1024;
+const ANSWER_LIMIT: usize = 64 * 1024;
 
-/// Upgrade handler -> admission: may this handshake proceed?
+/// Upgrade handler -> connect hook: may this handshake proceed? Refused with the status the
+/// handshake gets (see [`BackendError::handshake_status`]).
 #[derive(Message)]
 #[rtype(result = "Result<Option<Frame>, u16>")]
 pub struct Admit {
@@ -29,20 +30,20 @@ pub struct Admit {
 }
 
 /// One worker's connect-hook client.
-pub struct Admission {
+pub struct ConnectHook {
     client: awc::Client,
 }
 
-impl Actor for Admission {
+impl Actor for ConnectHook {
     type Context = Context<Self>;
 }
 
-impl Admission {
+impl ConnectHook {
     /// A connect-hook client for the current worker.
     pub fn start_for_worker() -> Addr<Self> {
-        Admission {
+        ConnectHook {
             client: awc::Client::builder()
-                .timeout(ADMISSION_TIMEOUT)
+                .timeout(TIMEOUT)
                 .disable_redirects()
                 .finish(),
         }
@@ -50,44 +51,27 @@ impl Admission {
     }
 }
 
-impl Handler<Admit> for Admission {
+impl Handler<Admit> for ConnectHook {
     type Result = ResponseFuture<Result<Option<Frame>, u16>>;
 
     fn handle(&mut self, msg: Admit, _: &mut Context<Self>) -> Self::Result {
         let request = self.client.post(&msg.url).send_json(&msg.handshake);
         let exchange = async move {
-            let mut response = request.await.map_err(|e| {
-                log::warn!("connect hook {}: {e}", msg.url);
-                502u16
-            })?;
-            let status = response.status().as_u16();
-            if matches!(status, 401 | 403) {
-                return Err(status);
-            }
-            if !response.status().is_success() {
-                log::warn!("connect hook {}: answered {status}", msg.url);
-                return Err(502);
-            }
-            let body = read_answer(&mut response, ADMISSION_ANSWER_LIMIT)
-                .await
-                .map_err(|e| {
-                    log::warn!("connect hook {}: {e}", msg.url);
-                    502u16
-                })?;
-            if body.is_empty() {
-                return Ok(None);
-            }
-            Ok(Some(match ByteString::try_from(body.clone()) {
-                Ok(text) => Frame::Text(text),
-                Err(_) => Frame::Binary(body),
-            }))
+            let mut response = request.await?;
+            BackendError::check_status(response.status())?;
+            let body = read_answer(&mut response, ANSWER_LIMIT).await?;
+            Ok::<_, BackendError>((!body.is_empty()).then(|| frame_of(body)))
         };
         Box::pin(async move {
-            actix_web::rt::time::timeout(ADMISSION_TIMEOUT, exchange)
+            actix_web::rt::time::timeout(TIMEOUT, exchange)
                 .await
-                .unwrap_or_else(|_| {
-                    log::warn!("connect hook: no complete answer within {ADMISSION_TIMEOUT:?}");
-                    Err(502)
+                .unwrap_or(Err(BackendError::Timeout(TIMEOUT)))
+                .map_err(|e| {
+                    let status = e.handshake_status();
+                    if status == 502 {
+                        log::warn!("connect hook {}: {e}", msg.url);
+                    }
+                    status
                 })
         })
     }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use serde_json::{json, Value};
 
-use super::read_answer;
+use crate::backend::callout::read_answer;
+use crate::backend::BackendError;
 use crate::config::AuthorizationConfig;
 use crate::connection::ConnectionId;
 
@@ -53,16 +54,16 @@ impl Actor for Authorizer {
 impl Authorizer {
     /// The authorizer for the current worker, when a hook is configured.
     pub fn for_worker(config: &AuthorizationConfig) -> Option<Addr<Self>> {
-        let url = config.url.clone()?;
+        let url = config.url.as_ref()?.to_string();
         let client = awc::Client::builder()
-            .timeout(Duration::from_millis(config.timeout_ms))
+            .timeout(Duration::from_millis(config.timeout_ms.get()))
             .disable_redirects()
             .finish();
         Some(
             Authorizer {
                 client,
                 url,
-                timeout: Duration::from_millis(config.timeout_ms),
+                timeout: Duration::from_millis(config.timeout_ms.get()),
                 ttl: Duration::from_millis(config.cache_ms),
                 cache: HashMap::new(),
                 swept: Instant::now(),
@@ -105,14 +106,11 @@ impl Handler<Authorize> for Authorizer {
         let serial = msg.serial;
         let timeout = self.timeout;
         let exchange = async move {
-            let mut response = request.await.map_err(|e| e.to_string())?;
-            if !response.status().is_success() {
-                return Err(format!("answered {}", response.status()));
-            }
-            let body = read_answer(&mut response, ANSWER_LIMIT)
-                .await
-                .map_err(|e| e.to_string())?;
-            let answer: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            let mut response = request.await?;
+            BackendError::check_status(response.status())?;
+            let body = read_answer(&mut response, ANSWER_LIMIT).await?;
+            let answer: Value = serde_json::from_slice(&body)
+                .map_err(|e| BackendError::Malformed(e.to_string()))?;
             Ok(answer["allowed"]
                 .as_array()
                 .map(|list| {
@@ -126,31 +124,33 @@ impl Handler<Authorize> for Authorizer {
             async move {
                 actix_web::rt::time::timeout(timeout, exchange)
                     .await
-                    .unwrap_or_else(|_| Err(format!("no complete answer within {timeout:?}")))
+                    .unwrap_or(Err(BackendError::Timeout(timeout)))
             }
             .into_actor(self)
-            .map(move |result: Result<HashSet<String>, String>, act, _| {
-                let granted = result.unwrap_or_else(|e| {
-                    log::warn!("id={id} authorization hook {url} failed, denying: {e}");
-                    HashSet::new()
-                });
-                if act.cache.len() >= CACHE_CAP && act.swept.elapsed() >= act.ttl {
-                    let now = Instant::now();
-                    act.cache.retain(|_, (_, expires)| *expires > now);
-                    act.swept = now;
-                }
-                let expires = Instant::now() + act.ttl;
-                for channel in ask {
-                    let ok = granted.contains(&channel);
-                    if !act.ttl.is_zero() && act.cache.len() < CACHE_CAP {
-                        act.cache.insert((serial, channel.clone()), (ok, expires));
+            .map(
+                move |result: Result<HashSet<String>, BackendError>, act, _| {
+                    let granted = result.unwrap_or_else(|e| {
+                        log::warn!("id={id} authorization hook {url} failed, denying: {e}");
+                        HashSet::new()
+                    });
+                    if act.cache.len() >= CACHE_CAP && act.swept.elapsed() >= act.ttl {
+                        let now = Instant::now();
+                        act.cache.retain(|_, (_, expires)| *expires > now);
+                        act.swept = now;
                     }
-                    if ok {
-                        allowed.insert(channel);
+                    let expires = Instant::now() + act.ttl;
+                    for channel in ask {
+                        let ok = granted.contains(&channel);
+                        if !act.ttl.is_zero() && act.cache.len() < CACHE_CAP {
+                            act.cache.insert((serial, channel.clone()), (ok, expires));
+                        }
+                        if ok {
+                            allowed.insert(channel);
+                        }
                     }
-                }
-                allowed
-            }),
+                    allowed
+                },
+            ),
         )
     }
 }
