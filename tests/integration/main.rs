@@ -7,6 +7,7 @@ mod browser;
 mod cli;
 mod config;
 mod dialects;
+mod docs;
 mod echo;
 mod hardening;
 mod harness;
