@@ -158,7 +158,10 @@ impl Stream for FrameReader {
             }
             match wire::decode(&mut this.buf, this.max_payload) {
                 Ok(Some(frame)) => {
-                    if this.buf.is_empty() && this.buf.capacity() > 0 {
+                    // The frame's payload was split off the buffer and may share its
+                    // allocation: an empty buffer is dropped, or the connection would keep
+                    // its largest message's memory until its next frame.
+                    if this.buf.is_empty() {
                         this.buf = BytesMut::new();
                     }
                     return Poll::Ready(Some(Ok(frame)));

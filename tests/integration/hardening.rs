@@ -386,3 +386,52 @@ async fn a_paused_process_does_not_blame_its_clients() {
         assert_eq!(client.await.unwrap(), None, "a live client was closed");
     }
 }
+
+#[actix_web::test]
+async fn memory_is_given_back_after_big_messages_and_a_load_that_left() {
+    let hub = start(&demo_config(""));
+    let baseline = hub.rss_kib();
+    // 40 clients each send a 1 MB batch of invalid requests (once answered with 56x its size)
+    // and echo a 1 MB binary message, then stay connected without sending anything more.
+    let batch = format!("[{}0]", "0,".repeat(499_999));
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        let mut rpc = connect(&hub.ws_url("/rpc")).await;
+        rpc.send(Message::Text(batch.clone())).await.unwrap();
+        let reply = next_data(&mut rpc).await;
+        let Message::Text(reply) = reply else {
+            panic!("{reply:?}")
+        };
+        assert!(
+            reply.len() < 1024,
+            "a bounded reply, not {} bytes",
+            reply.len()
+        );
+        let mut echo = connect(&hub.ws_url("/ws")).await;
+        echo.send(Message::Binary(vec![7; 1_000_000]))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_data(&mut echo).await,
+            Message::Binary(vec![7; 1_000_000])
+        );
+        clients.push((rpc, echo));
+    }
+    // Idle connections do not keep their largest message's buffers.
+    let held = hub.rss_kib().saturating_sub(baseline);
+    assert!(held < 24 * 1024, "80 idle connections hold {held} KiB");
+    drop(clients);
+    wait_for_connections(&hub, 0).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = hub.rss_kib().saturating_sub(baseline);
+        if left < 16 * 1024 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "RSS still {left} KiB above its start after the load left"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}
