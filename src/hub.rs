@@ -91,12 +91,13 @@ impl HubHandle {
         Self(Hub::new(limits).start())
     }
 
-    /// Register a connection.
-    pub fn connect(
-        &self,
-        registration: Registration,
-    ) -> impl Future<Output = Result<Result<(), ConnectRefused>, HubUnavailable>> + 'static {
-        answer(self.0.send(Connect(registration)))
+    /// Register a connection. It is queued at once and handled even if the session ends
+    /// first (a reply would be dropped with it, and the registration skipped); a refusal
+    /// reaches the session as a close (1001 while shutting down, 1013 for a duplicate id).
+    pub fn connect(&self, registration: Registration) -> Result<(), HubUnavailable> {
+        self.0
+            .try_send(Connect(registration))
+            .map_err(|_| HubUnavailable)
     }
 
     /// The connection ended (idempotent; a stale serial is ignored).
@@ -186,7 +187,7 @@ impl HubHandle {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<(), ConnectRefused>")]
+#[rtype(result = "()")]
 struct Connect(Registration);
 
 #[derive(Message)]
@@ -425,29 +426,39 @@ impl Hub {
 }
 
 impl Handler<Connect> for Hub {
-    type Result = Result<(), ConnectRefused>;
+    type Result = ();
 
-    fn handle(&mut self, Connect(msg): Connect, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Connect(msg): Connect, _: &mut Context<Self>) {
+        let refuse = |recipient: &Recipient<Deliver>, close: Close| {
+            recipient.do_send(Deliver(Outbound::Close(close)));
+        };
         if self.shutting_down {
-            return Err(ConnectRefused::ShuttingDown);
+            let close = Close::new(close_code::GOING_AWAY, "server shutting down");
+            return refuse(&msg.recipient, close);
         }
         let link = Link {
-            recipient: msg.recipient,
+            recipient: msg.recipient.clone(),
             dialect: msg.dialect,
             backlog: msg.backlog,
         };
         let id = msg.id.clone();
-        let replaced =
-            self.registry
-                .register(msg.id, msg.route, msg.remote, msg.serial, msg.replace, link)?;
-        if let Some(old) = replaced {
-            // The newer connection wins; the older one is told why and forgotten at once, so a
-            // push always reaches the live connection and no orphan entry is left behind.
-            log::info!("id={id} replaced by a newer connection with the same id");
-            old.link.recipient.do_send(Deliver(Outbound::Replaced));
+        match self
+            .registry
+            .register(msg.id, msg.route, msg.remote, msg.serial, msg.replace, link)
+        {
+            Ok(Some(old)) => {
+                // The newer connection wins; the older one is told why and forgotten at once,
+                // so a push always reaches the live connection and no orphan is left behind.
+                log::info!("id={id} replaced by a newer connection with the same id");
+                old.link.recipient.do_send(Deliver(Outbound::Replaced));
+            }
+            Ok(None) => {}
+            Err(refused) => {
+                let close = Close::new(close_code::TRY_AGAIN_LATER, refused.to_string());
+                refuse(&msg.recipient, close);
+            }
         }
         self.settle();
-        Ok(())
     }
 }
 
@@ -640,8 +651,6 @@ mod tests {
             dialect: DialectKind::JsonRpc,
             backlog: backlog.clone(),
         })
-        .await
-        .unwrap()
         .unwrap();
         let channel = ChannelName::parse("c").unwrap();
         let ops = vec![ChannelOp::Subscribe(channel.clone())];

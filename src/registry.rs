@@ -38,9 +38,6 @@ pub enum ConnectRefused {
     /// Another live connection has this id.
     #[error("a connection with this id is already registered")]
     Duplicate,
-    /// The hub is shutting down.
-    #[error("the server is shutting down")]
-    ShuttingDown,
 }
 
 /// One connection as the push API lists it.

@@ -35,7 +35,7 @@ use crate::dialect::{Action, Dialect, DialectKind, DialectOptions, ReplyPlan};
 use crate::frame::{close_code, Close, Frame};
 use crate::gate;
 use crate::hook::authorize::{Authorize, Authorizer};
-use crate::hub::{ConnectRefused, HubHandle, Registration};
+use crate::hub::{HubHandle, Registration};
 use crate::operation::ChannelOp;
 use crate::outbox::{Backlog, Outbox};
 use crate::rate_limit::RateLimit;
@@ -341,26 +341,11 @@ impl Actor for Session {
             dialect: self.route.dialect,
             backlog: self.backlog.clone(),
         };
-        self.route
-            .hub
-            .connect(connect)
-            .into_actor(self)
-            .map(|result, act, ctx| match result {
-                Ok(Ok(())) => {}
-                Ok(Err(ConnectRefused::ShuttingDown)) => act.close(
-                    ctx,
-                    Close::new(close_code::GOING_AWAY, "server shutting down"),
-                ),
-                Ok(Err(refused)) => act.close(
-                    ctx,
-                    Close::new(close_code::TRY_AGAIN_LATER, refused.to_string()),
-                ),
-                Err(_) => act.close(
-                    ctx,
-                    Close::new(close_code::INTERNAL_ERROR, "hub unavailable"),
-                ),
-            })
-            .spawn(ctx);
+        // Fire and forget: a refusal comes back as a close, so a session that ends at once
+        // is still registered (and counted) before its disconnect.
+        if self.route.hub.connect(connect).is_err() {
+            self.close(ctx, Close::new(close_code::TRY_AGAIN_LATER, "server busy"));
+        }
         if let Backend::Http { addr, .. } = &self.backend {
             addr.do_send(Open {
                 key: self.serial,

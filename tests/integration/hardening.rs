@@ -435,3 +435,28 @@ async fn memory_is_given_back_after_big_messages_and_a_load_that_left() {
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[actix_web::test]
+async fn a_connection_that_closes_at_once_is_still_registered_and_counted() {
+    let hub = start(&demo_config(""));
+    for _ in 0..20 {
+        // The close frame follows the handshake at once, before the session could have
+        // heard back from the hub.
+        let mut raw = raw_silent_client(hub.ws, "/ws").await;
+        let mut close = frame_header(0x88, 2);
+        close.extend_from_slice(&1000u16.to_be_bytes());
+        raw.write_all(&close).await.unwrap();
+        read_to_end(&mut raw).await;
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stats = get(&hub, "/healthz").await.json;
+        if stats["connections_closed"] == 20 {
+            assert_eq!(stats["connections_opened"], 20);
+            assert_eq!(stats["connections"], 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stats}");
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
