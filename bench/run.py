@@ -203,6 +203,29 @@ def loadgen(mode, args, key, label):
     return result
 
 
+def tree_rss_kib(pid):
+    """VmRSS of a process and all its descendants, in KiB (None when it cannot be read)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            pass
+    return total or None
+
+
 class Bench:
     def __init__(self, runs, quick):
         self.runs, self.quick = runs, quick
@@ -215,7 +238,12 @@ class Bench:
             try:
                 with start() as server:
                     extra = ["--rss-of", str(server.pid)] if rss else []
+                    rss_start = tree_rss_kib(server.pid)
                     result = loadgen(mode, args + extra, key, label)
+                    # Every client has gone: what the server still holds of the load.
+                    time.sleep(3)
+                    result["rss_start_kib"] = rss_start
+                    result["rss_left_kib"] = tree_rss_kib(server.pid)
             except Exception as e:  # a peer that cannot run the scenario is reported, not fatal
                 log(f"{key} {label}: {e}")
                 self.errors[(key, label)] = str(e)
@@ -611,7 +639,8 @@ def report(bench, started, elapsed):
                     "deliveries received per second from the first publish to the last receipt. The "
                     "publisher makes one HTTP publish at a time and waits for its answer; what it could not "
                     "make within the phase and 5 s more counts as not made. Missing: deliveries that had not "
-                    "arrived when nothing more had come for 3 s (at most 60 s after the phase).", key,
+                    "arrived when nothing more had come for 3 s (at most 60 s after the phase). Held after the "
+                    "load left: server RSS 3 s after every subscriber has gone, minus its RSS at start.", key,
                     [("last delivery ms", lambda r: pick(r, "latency.last_delivery_ms_median")),
                      ("worst last delivery ms", lambda r: pick(r, "latency.last_delivery_ms_max")),
                      ("deliveries/s", lambda r: pick(r, "throughput.deliveries_per_s")),
@@ -622,7 +651,10 @@ def report(bench, started, elapsed):
                      ("publishes failed or not made", lambda r: (pick(r, "latency.publish_errors") or 0)
                       + (pick(r, "throughput.publish_errors") or 0)),
                      ("subscribed", lambda r: r["connected"]),
-                     ("connects/s", lambda r: r["connect_rate"])],
+                     ("connects/s", lambda r: r["connect_rate"]),
+                     ("MiB held after the load left", lambda r: None
+                      if r.get("rss_left_kib") is None or r.get("rss_start_kib") is None
+                      else (r["rss_left_kib"] - r["rss_start_kib"]) / 1024)],
                     # At 1k subscribers every server keeps up with what is offered (25k/s), so the
                     # comparison is the latency; at 19k it is what each sustains.
                     "last delivery ms" if n < 5000 else "deliveries/s", lower=n < 5000)

@@ -23,6 +23,9 @@ pub enum Outbound {
     Close(Close),
     /// A newer connection took this one's id: close with 4001 and send no disconnect notice.
     Replaced,
+    /// The client stopped reading and was cut off: drop what still waits for it (so the close
+    /// frame can get through if it reads again) and close with 1008.
+    CutOff,
 }
 
 /// Hub -> session: send this to the client.

@@ -382,13 +382,7 @@ impl Hub {
         if let Some(member) = self.remove(id) {
             // One close message beyond the backlog is the bounded exception: it is sent once,
             // and the connection gets nothing more from the hub.
-            member
-                .link
-                .recipient
-                .do_send(Deliver(Outbound::Close(Close::new(
-                    close_code::POLICY_VIOLATION,
-                    "outbound queue full: client is not reading",
-                ))));
+            member.link.recipient.do_send(Deliver(Outbound::CutOff));
         }
     }
 

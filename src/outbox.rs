@@ -186,6 +186,20 @@ impl Outbox {
         Ok(done)
     }
 
+    /// Drop every frame not yet started (a partly written one stays, or the stream would
+    /// break), returning what they held in the backlog.
+    pub fn drop_unstarted(&mut self) -> (usize, usize) {
+        let keep = usize::from(self.offset > 0);
+        let mut held = (0, 0);
+        for frame in self.frames.drain(keep..) {
+            if let Some(size) = frame.counted {
+                held.0 += 1;
+                held.1 += size;
+            }
+        }
+        held
+    }
+
     /// Drop everything still queued, returning what it held in the backlog.
     pub fn clear(&mut self) -> (usize, usize) {
         let mut held = (0, 0);
@@ -275,6 +289,29 @@ mod tests {
         }
         expected.extend_from_slice(&[0x8a, 0]);
         assert_eq!(sink, expected);
+    }
+
+    #[test]
+    fn a_partly_written_frame_survives_dropping_the_unstarted_ones() {
+        let mut outbox = Outbox::default();
+        for _ in 0..3 {
+            outbox.push(
+                Header::new(Opcode::Binary, 3),
+                Bytes::from_static(b"abc"),
+                Some(3),
+            );
+        }
+        let mut sink = Vec::new();
+        let mut calls = 1;
+        outbox.flush(writer(&mut sink, 2, &mut calls)).unwrap();
+        assert_eq!(outbox.drop_unstarted(), (2, 6));
+        let mut calls = 10;
+        let rest = outbox.flush(writer(&mut sink, 64, &mut calls)).unwrap();
+        assert_eq!((rest.released_messages, rest.released_bytes), (1, 3));
+        assert_eq!(sink, [0x82, 3, b'a', b'b', b'c']);
+        assert!(outbox.is_empty());
+        let mut empty = Outbox::default();
+        assert_eq!(empty.drop_unstarted(), (0, 0));
     }
 
     #[test]

@@ -793,6 +793,21 @@ impl Handler<Deliver> for Session {
                 self.send(ctx, opcode, payload, Some(size));
             }
             Outbound::Close(close) => self.close(ctx, close),
+            Outbound::CutOff => {
+                let (messages, bytes) = self.outbox.drop_unstarted();
+                self.backlog.release(messages, bytes);
+                log::debug!(
+                    "id={} cut off: {messages} queued message(s) dropped",
+                    self.id
+                );
+                self.close(
+                    ctx,
+                    Close::new(
+                        close_code::POLICY_VIOLATION,
+                        "outbound queue full: client is not reading",
+                    ),
+                );
+            }
             Outbound::Replaced => {
                 // Only the hub's replacement sets this; a client or the push API using code
                 // 4001 does not suppress the disconnect notice.

@@ -460,3 +460,35 @@ async fn a_connection_that_closes_at_once_is_still_registered_and_counted() {
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[actix_web::test]
+async fn a_cut_off_client_that_reads_again_at_once_is_told_1008() {
+    let hub = start(&demo_config("outbound_queue_bytes = 65536"));
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(hub.ws).await.unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (mut stalled, _) = tokio_tungstenite::client_async(hub.ws_url("/rpc"), stream)
+        .await
+        .unwrap();
+    let subscribe =
+        json!({"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": {"channel": "c"}});
+    call(&mut stalled, subscribe).await;
+    let payload = "x".repeat(32 * 1024);
+    let mut cut = false;
+    for _ in 0..2000 {
+        let reply = post(
+            &hub,
+            "/api/publish",
+            &json!({"channel": "c", "data": {"p": payload}}),
+        )
+        .await;
+        if reply.json["dropped"] == 1 {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "never cut off");
+    // What was queued and not yet in the kernel is dropped, so the close frame gets through.
+    assert_eq!(expect_close(&mut stalled).await.0, 1008);
+}
