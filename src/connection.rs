@@ -61,6 +61,7 @@ impl ConnectionId {
     }
 
     /// The id as text.
+    #[cfg(test)]
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -26,7 +26,7 @@ use crate::frame::{close_code, Close, Frame};
 use crate::operation::{ChannelOp, OpOutcome};
 use crate::outbox::Backlog;
 use crate::registry::{Applied, Registry};
-pub use crate::registry::{ChannelInfo, ConnectRefused, ConnectionInfo, SubscriptionLimits};
+pub use crate::registry::{ChannelInfo, ConnectionInfo, SubscriptionLimits};
 
 /// How many messages may wait in the hub's own mailbox before senders wait (backpressure on
 /// the push API and on sessions asking for subscriptions).

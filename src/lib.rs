@@ -4,41 +4,44 @@
 //! # Layout
 //! - `main.rs`: the binary: flags, config loading, logging, signals.
 //! - [`cli`]: operator commands and the interactive shell (clients of the push API).
-//! - [`config`]: the TOML config, its defaults and validation.
-//! - [`server`]: wiring: listeners, the HTTP apps, graceful shutdown.
-//! - [`hub`]: the hub actor: connection registry, channels, delivery policy (pure state).
-//! - [`session`]: the per-socket actor; the only module that knows the WebSocket library.
-//! - [`dialect`]: one pure codec per route kind (`raw`, `jsonrpc`).
-//! - [`backend`]: where relay routes send frames: the loopback echo, or [`backend::http`], one
-//!   actor per worker that relays to an application in a relay format ([`backend::socketdock`],
-//!   [`backend::ws2api`]: each one file with its requests and its push paths).
-//! - [`hook`]: questions asked of the application: the connect hook, the authorizer.
-//! - [`origin`]: which `Origin` and `Host` header values a listener accepts (CSRF, DNS rebinding).
-//! - [`push`]: the push API for backends (HTTP handlers -> hub messages).
-//! - [`push_rpc`]: RocketWS's JSON-RPC backend port (`POST /` on the push listener).
-//! - [`channel`], [`connection`]: the values that travel: frames, publications, ids.
+//! - [`config`]: the TOML config, parsed into types that hold only valid values.
+//! - [`server`]: wiring: listeners, the App and the upgrade hook, graceful shutdown.
+//! - `upgrade`: the WebSocket handshake on actix-http's upgrade hook; the socket then goes to a
+//!   `session`, the per-socket actor on the raw TCP stream (`wire`: the frame format,
+//!   `outbox`: the write queue and its budget, `reassembly`: fragments, `gate`: the
+//!   authorization gate, `rate_limit`: messages and bytes per second).
+//! - `hub`: the hub actor around the pure `registry`, reached only through `HubHandle`;
+//!   `operation` and `delivery`: what goes in and comes out of it.
+//! - `dialect`: one pure codec per route kind (`raw`, `jsonrpc`, `groups`, `topics`).
+//! - `backend`: where relay routes send frames: the loopback echo, or one actor per worker
+//!   (`backend::http`) relaying in a format (`socketdock`, `ws2api`: each one file with its
+//!   requests and push paths). `hook`: the connect hook and the authorizer.
+//! - `push` (with `push::guard`) and `push_rpc`: the push API and RocketWS's backend port.
+//! - `origin`: which `Origin` and `Host` values a listener accepts.
+//! - `frame`, `channel`, `connection`: the values that travel: frames and close codes,
+//!   channel names and publications, ids. `shutdown`: the guards the drain waits for.
 
-pub mod backend;
-pub mod channel;
+mod backend;
+mod channel;
 pub mod cli;
 pub mod config;
-pub mod connection;
+mod connection;
 mod delivery;
-pub mod dialect;
+mod dialect;
 mod frame;
 mod gate;
-pub mod hook;
-pub mod hub;
+mod hook;
+mod hub;
 mod operation;
-pub mod origin;
+mod origin;
 mod outbox;
-pub mod push;
-pub mod push_rpc;
+mod push;
+mod push_rpc;
 mod rate_limit;
 mod reassembly;
 mod registry;
 pub mod server;
-pub mod session;
+mod session;
 mod shutdown;
 mod upgrade;
 mod wire;

@@ -76,11 +76,6 @@ impl Backlog {
         self.messages.load(Ordering::Acquire) <= self.max_messages / 2
             && self.bytes.load(Ordering::Acquire) <= self.max_bytes / 2
     }
-
-    /// Payload bytes queued now.
-    pub fn bytes(&self) -> usize {
-        self.bytes.load(Ordering::Acquire)
-    }
 }
 
 /// One frame waiting to be written.

@@ -633,7 +633,6 @@ impl Session {
                 self.next_hub_action(ctx);
             }
             Action::Reply(frame) => self.reply(ctx, frame),
-            Action::Close(close) => self.close(ctx, close),
             Action::Ignore => {}
         }
     }

@@ -84,6 +84,7 @@ impl PendingNotices {
     }
 
     /// How many notices (connect or disconnect) were given up on since start.
+    #[cfg(test)]
     pub fn dropped(&self) -> u64 {
         self.0.dropped.load(Ordering::SeqCst)
     }

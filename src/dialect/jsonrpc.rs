@@ -19,7 +19,7 @@
 //! size or precision comes back exactly as written. Replies are written as text, never built as
 //! `Value` trees, and a batch holds at most `limits.max_batch` calls (a longer one gets one
 //! -32600 error), so a batch's reply is at most its request's bytes plus
-//! [`MAX_RESPONSE_OVERHEAD`] bytes per call in it.
+//! `MAX_RESPONSE_OVERHEAD` (256) bytes per call in it.
 
 use std::cell::Cell;
 use std::fmt;
@@ -58,6 +58,7 @@ pub const DEFAULT_MAX_BATCH: usize = 100;
 /// sent, a channel name, the start of an unknown method's name): the envelope, the longest
 /// fixed message, a connection id (at most 128 bytes) and a comma. The reply to a batch of `n`
 /// calls is therefore at most `request bytes + n * MAX_RESPONSE_OVERHEAD`.
+#[cfg(test)]
 pub const MAX_RESPONSE_OVERHEAD: usize = 256;
 
 /// How much of an unknown method's name the "method not found" error repeats.

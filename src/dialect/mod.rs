@@ -1,5 +1,5 @@
 //! Dialects: one pure codec per WebSocket route. A dialect turns a client frame into an
-//! [`Action`] (relay it, ask the hub, answer, close) and a publication into the frame its clients
+//! [`Action`] (relay it, ask the hub, answer, ignore) and a publication into the frame its clients
 //! expect. Dialects know nothing of sockets, actors or HTTP, so each is unit-tested on values.
 
 pub mod groups;
@@ -12,7 +12,7 @@ pub use kind::DialectKind;
 
 use crate::channel::Publication;
 use crate::connection::ConnectionId;
-use crate::frame::{Close, Frame};
+use crate::frame::Frame;
 use crate::operation::{ChannelOp, OpOutcome};
 
 /// Publication -> the frame this dialect's clients get (encoded once per publication and
@@ -54,8 +54,6 @@ pub enum Action {
     },
     /// Answer at once with this frame.
     Reply(Frame),
-    /// Close the connection.
-    Close(Close),
     /// Nothing to do.
     Ignore,
 }
@@ -109,16 +107,6 @@ impl Dialect {
             DialectKind::Topics => {
                 Dialect::Topics(topics::Topics::new(options.strict, options.client_publish))
             }
-        }
-    }
-
-    /// Which dialect this is.
-    pub fn kind(&self) -> DialectKind {
-        match self {
-            Dialect::Raw(_) => DialectKind::Raw,
-            Dialect::JsonRpc(_) => DialectKind::JsonRpc,
-            Dialect::Groups(_) => DialectKind::Groups,
-            Dialect::Topics(_) => DialectKind::Topics,
         }
     }
 
