@@ -32,6 +32,7 @@ mod frame;
 mod gate;
 mod hook;
 mod hub;
+mod jsonrpc_envelope;
 mod operation;
 mod origin;
 mod outbox;

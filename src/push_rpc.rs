@@ -17,11 +17,11 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::channel::ChannelName;
-use crate::dialect::jsonrpc::{
+use crate::hub::HubHandle;
+use crate::jsonrpc_envelope::{
     channel_param, error, join_batch, split, success, Body, Request, INVALID_PARAMS,
     METHOD_NOT_FOUND, PARSE_ERROR,
 };
-use crate::hub::HubHandle;
 use crate::push::guard::{read_body, ApiError, Authorized, PushSettings};
 
 /// `POST /`: run the request or batch; 200 with the response(s), 204 when all were
