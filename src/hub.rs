@@ -114,6 +114,25 @@ impl HubHandle {
         answer(self.0.send(Apply { id, ops }))
     }
 
+    /// Publish to a channel from one of its connections: refused unless it is a member when
+    /// `require_subscribed`, the sender left out when `exclude_sender`.
+    pub fn publish_from(
+        &self,
+        id: ConnectionId,
+        channel: ChannelName,
+        data: serde_json::Value,
+        exclude_sender: bool,
+        require_subscribed: bool,
+    ) -> impl Future<Output = Result<OpOutcome, HubUnavailable>> + 'static {
+        let op = ChannelOp::Publish {
+            channel,
+            data,
+            exclude_sender,
+            require_subscribed,
+        };
+        answer(self.0.send(PublishFrom { id, op }))
+    }
+
     /// Publish to a channel (from a backend).
     pub fn publish(
         &self,
@@ -202,6 +221,13 @@ struct Disconnect {
 struct Apply {
     id: ConnectionId,
     ops: Vec<ChannelOp>,
+}
+
+#[derive(Message)]
+#[rtype(result = "OpOutcome")]
+struct PublishFrom {
+    id: ConnectionId,
+    op: ChannelOp,
 }
 
 #[derive(Message)]
@@ -485,6 +511,22 @@ impl Handler<Apply> for Hub {
             .collect();
         self.settle();
         MessageResult(outcomes)
+    }
+}
+
+impl Handler<PublishFrom> for Hub {
+    type Result = MessageResult<PublishFrom>;
+
+    fn handle(&mut self, msg: PublishFrom, _: &mut Context<Self>) -> Self::Result {
+        let outcome = match self.registry.apply(&msg.id, msg.op) {
+            Applied::Outcome(outcome) => outcome,
+            Applied::Publish {
+                targets,
+                channel,
+                data,
+            } => OpOutcome::Published(self.publish(&targets, channel, data)),
+        };
+        MessageResult(outcome)
     }
 }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
+use futures_util::{FutureExt, Stream};
 use tokio::net::TcpStream;
 
 use crate::backend::http::{BackendReply, Closed, Open, Relay};
@@ -705,12 +705,48 @@ impl Session {
             }
             return;
         }
-        self.route
-            .hub
-            .apply(self.id.clone(), kept)
+        // Subscription changes go to the hub as one `apply` per run of them, each publish on
+        // its own (`publish_from`): all are queued now, in request order, so the hub handles
+        // them in that order; the outcomes are joined back in the same order.
+        let hub = &self.route.hub;
+        let mut requests = Vec::new();
+        let mut run = Vec::new();
+        for op in kept {
+            match op {
+                ChannelOp::Publish {
+                    channel,
+                    data,
+                    exclude_sender,
+                    require_subscribed,
+                } => {
+                    if !run.is_empty() {
+                        requests.push(
+                            hub.apply(self.id.clone(), std::mem::take(&mut run))
+                                .boxed_local(),
+                        );
+                    }
+                    let published = hub.publish_from(
+                        self.id.clone(),
+                        channel,
+                        data,
+                        exclude_sender,
+                        require_subscribed,
+                    );
+                    requests.push(
+                        async move { published.await.map(|outcome| vec![outcome]) }.boxed_local(),
+                    );
+                }
+                op => run.push(op),
+            }
+        }
+        if !run.is_empty() {
+            requests.push(hub.apply(self.id.clone(), run).boxed_local());
+        }
+        futures_util::future::try_join_all(requests)
             .into_actor(self)
             .map(move |result, act, ctx| match result {
                 Ok(outcomes) => {
+                    let outcomes = outcomes.into_iter().flatten().collect();
                     for frame in reply.render(screened.outcomes(outcomes)) {
                         act.reply(ctx, frame);
                     }
