@@ -250,8 +250,17 @@ impl ShutdownSignals {
     }
 }
 
+/// jemalloc gives freed memory back to the system (its background thread purges it), where
+/// glibc's malloc kept a load's peak in its arenas after every client had gone.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Purge freed pages in the background, so memory goes back after a load has left.
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("switchboard: jemalloc background thread not started: {e}");
+    }
     if let Some(operator) = &cli.command {
         return operate(&cli, operator);
     }
