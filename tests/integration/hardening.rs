@@ -112,13 +112,7 @@ async fn readers_keep_every_message_while_stalled_neighbours_are_cut_off_and_clo
     // Stalled subscribers: small receive buffers, never read after subscribing.
     let mut stalled = Vec::new();
     for _ in 0..40 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let stream = socket.connect(hub.ws).await.unwrap();
-        let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-        let (mut ws, _) = tokio_tungstenite::client_async(hub.ws_url("/rpc"), stream)
-            .await
-            .unwrap();
+        let mut ws = small_buffer_client(&hub, "/rpc").await;
         call(&mut ws, subscribe.clone()).await;
         stalled.push(ws);
     }
@@ -464,13 +458,7 @@ async fn a_connection_that_closes_at_once_is_still_registered_and_counted() {
 #[actix_web::test]
 async fn a_cut_off_client_that_reads_again_at_once_is_told_1008() {
     let hub = start(&demo_config("outbound_queue_bytes = 65536"));
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(hub.ws).await.unwrap();
-    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-    let (mut stalled, _) = tokio_tungstenite::client_async(hub.ws_url("/rpc"), stream)
-        .await
-        .unwrap();
+    let mut stalled = small_buffer_client(&hub, "/rpc").await;
     let subscribe =
         json!({"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": {"channel": "c"}});
     call(&mut stalled, subscribe).await;

@@ -295,6 +295,19 @@ pub async fn raw_silent_client(addr: std::net::SocketAddr, path: &str) -> TcpStr
     stream
 }
 
+/// A WebSocket client with a 4 KiB receive buffer, for tests that stop reading from it: the
+/// hub's backlog for it fills after a few kilobytes.
+pub async fn small_buffer_client(hub: &HubProcess, path: &str) -> Ws {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(hub.ws).await.unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (ws, _) = tokio_tungstenite::client_async(hub.ws_url(path), stream)
+        .await
+        .unwrap();
+    ws
+}
+
 /// Read a raw stream to its end (bounded) and return everything received.
 pub async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
     use tokio::io::AsyncReadExt;

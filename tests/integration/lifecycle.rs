@@ -64,13 +64,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_memory_stays_bounded() {
         json!({"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": {"channel": "flood"}});
 
     // The stalled client: a small receive buffer, and it never reads after subscribing.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(hub.ws).await.unwrap();
-    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-    let (mut stalled, _) = tokio_tungstenite::client_async(hub.ws_url("/rpc"), stream)
-        .await
-        .unwrap();
+    let mut stalled = small_buffer_client(&hub, "/rpc").await;
     call(&mut stalled, subscribe.clone()).await;
 
     let mut neighbour = connect(&hub.ws_url("/rpc")).await;
