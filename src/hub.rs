@@ -434,6 +434,18 @@ impl Hub {
         }
     }
 
+    /// Apply one operation for a connection; a publish it may make is delivered here.
+    fn apply(&mut self, id: &ConnectionId, op: ChannelOp) -> OpOutcome {
+        match self.registry.apply(id, op) {
+            Applied::Outcome(outcome) => outcome,
+            Applied::Publish {
+                targets,
+                channel,
+                data,
+            } => OpOutcome::Published(self.publish(&targets, channel, data)),
+        }
+    }
+
     fn publish(
         &mut self,
         targets: &[ConnectionId],
@@ -500,14 +512,7 @@ impl Handler<Apply> for Hub {
         let outcomes = msg
             .ops
             .into_iter()
-            .map(|op| match self.registry.apply(&msg.id, op) {
-                Applied::Outcome(outcome) => outcome,
-                Applied::Publish {
-                    targets,
-                    channel,
-                    data,
-                } => OpOutcome::Published(self.publish(&targets, channel, data)),
-            })
+            .map(|op| self.apply(&msg.id, op))
             .collect();
         self.settle();
         MessageResult(outcomes)
@@ -518,14 +523,8 @@ impl Handler<PublishFrom> for Hub {
     type Result = MessageResult<PublishFrom>;
 
     fn handle(&mut self, msg: PublishFrom, _: &mut Context<Self>) -> Self::Result {
-        let outcome = match self.registry.apply(&msg.id, msg.op) {
-            Applied::Outcome(outcome) => outcome,
-            Applied::Publish {
-                targets,
-                channel,
-                data,
-            } => OpOutcome::Published(self.publish(&targets, channel, data)),
-        };
+        let outcome = self.apply(&msg.id, msg.op);
+        self.settle();
         MessageResult(outcome)
     }
 }

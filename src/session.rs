@@ -470,6 +470,12 @@ impl Session {
     /// backlog; while the backlog is over budget, the session stops reading from this client.
     fn reply(&mut self, ctx: &mut Context<Self>, frame: Frame) {
         let (opcode, payload) = frame_parts(frame);
+        self.send_own(ctx, opcode, payload);
+    }
+
+    /// Queue a frame of the session's own (counted in the backlog); pause reading while the
+    /// backlog is over budget.
+    fn send_own(&mut self, ctx: &mut Context<Self>, opcode: Opcode, payload: Bytes) {
         let size = payload.len();
         self.backlog.add(size);
         self.send(ctx, opcode, payload, Some(size));
@@ -796,14 +802,7 @@ impl StreamHandler<Result<Incoming, ReadError>> for Session {
             }
             // After our close frame only the client's close matters.
             _ if self.close_sent => {}
-            Incoming::Ping(payload) => {
-                self.backlog.add(payload.len());
-                let size = payload.len();
-                self.send(ctx, Opcode::Pong, payload, Some(size));
-                if self.backlog.over_budget() {
-                    self.gate.paused.set(true);
-                }
-            }
+            Incoming::Ping(payload) => self.send_own(ctx, Opcode::Pong, payload),
             Incoming::Pong => {}
             Incoming::Data { kind, fin, payload } => self.on_data(ctx, kind, fin, payload),
         }
