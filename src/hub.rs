@@ -3,13 +3,19 @@
 //! client or backend cannot stall routing for everyone else. Its messages are private; the
 //! rest of the program calls the handle.
 //!
-//! Delivery policy: a publication is encoded once per dialect, and the same bytes are queued
-//! for every recipient of that dialect. Before queueing, the hub reserves room in the
-//! recipient's [`Backlog`] (messages and bytes not yet written to its socket, bounded by
+//! Delivery: the hub decides who receives a publication and sends each worker thread one
+//! [`Fanout`] with the links of that worker's recipients; the worker's [`courier`] queues it
+//! into its sessions on their own thread. A publication is encoded once per dialect, and the
+//! same bytes are queued for every recipient of that dialect. Before queueing, room is reserved
+//! in the recipient's [`Backlog`] (messages and bytes not yet written to its socket, bounded by
 //! `limits.outbound_queue` and `limits.outbound_queue_bytes`). When there is no room the client
 //! has stopped reading: the delivery is counted as dropped and reported to whoever sent it, the
-//! connection is cut off (removed from the registry and every channel) and told to close with
-//! 1008. Memory therefore stays bounded per connection, and neighbours never wait.
+//! connection is cut off (told to close with 1008, then removed from the registry and every
+//! channel). Memory therefore stays bounded per connection, and neighbours never wait. The
+//! publisher's `reached` and `dropped` are the sums of the workers' reports, which the handle
+//! (not the hub) waits for.
+//!
+//! [`courier`]: crate::courier
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,9 +26,11 @@ use tokio::sync::oneshot;
 
 use crate::channel::{ChannelName, Publication, PublicationKind};
 use crate::connection::ConnectionId;
+use crate::courier::{CourierHandle, Fanout, Report};
 use crate::delivery::{Deliver, Delivery, Outbound, Undelivered};
-use crate::dialect::{self, DialectKind};
+use crate::dialect::DialectKind;
 use crate::frame::{close_code, Close, Frame};
+use crate::link::{Link, Queued};
 use crate::operation::{ChannelOp, OpOutcome};
 use crate::outbox::Backlog;
 use crate::registry::{Applied, Registry};
@@ -55,6 +63,8 @@ pub struct Registration {
     pub dialect: DialectKind,
     /// What it has queued and not yet written (shared with its session).
     pub backlog: Arc<Backlog>,
+    /// The courier of the worker thread the session runs on.
+    pub courier: CourierHandle,
 }
 
 /// Counters since start, for health and metrics.
@@ -111,7 +121,15 @@ impl HubHandle {
         id: ConnectionId,
         ops: Vec<ChannelOp>,
     ) -> impl Future<Output = Result<Vec<OpOutcome>, HubUnavailable>> + 'static {
-        answer(self.0.send(Apply { id, ops }))
+        let hub = self.0.clone();
+        async move {
+            let settling = answer(hub.send(Apply { id, ops })).await?;
+            let mut outcomes = Vec::with_capacity(settling.len());
+            for outcome in settling {
+                outcomes.push(outcome.settle(&hub).await);
+            }
+            Ok(outcomes)
+        }
     }
 
     /// Publish to a channel from one of its connections: refused unless it is a member when
@@ -130,7 +148,11 @@ impl HubHandle {
             exclude_sender,
             require_subscribed,
         };
-        answer(self.0.send(PublishFrom { id, op }))
+        let hub = self.0.clone();
+        async move {
+            let settling = answer(hub.send(PublishFrom { id, op })).await?;
+            Ok(settling.settle(&hub).await)
+        }
     }
 
     /// Publish to a channel (from a backend).
@@ -139,7 +161,11 @@ impl HubHandle {
         channel: ChannelName,
         data: serde_json::Value,
     ) -> impl Future<Output = Result<Delivery, HubUnavailable>> + 'static {
-        answer(self.0.send(Publish { channel, data }))
+        let hub = self.0.clone();
+        async move {
+            let fanning = answer(hub.send(Publish { channel, data })).await?;
+            Ok(fanning.settle(&hub).await)
+        }
     }
 
     /// Send to every connection.
@@ -147,7 +173,11 @@ impl HubHandle {
         &self,
         data: serde_json::Value,
     ) -> impl Future<Output = Result<Delivery, HubUnavailable>> + 'static {
-        answer(self.0.send(Broadcast { data }))
+        let hub = self.0.clone();
+        async move {
+            let fanning = answer(hub.send(Broadcast { data })).await?;
+            Ok(fanning.settle(&hub).await)
+        }
     }
 
     /// Send a frame to one connection.
@@ -217,28 +247,28 @@ struct Disconnect {
 }
 
 #[derive(Message)]
-#[rtype(result = "Vec<OpOutcome>")]
+#[rtype(result = "Vec<Settling>")]
 struct Apply {
     id: ConnectionId,
     ops: Vec<ChannelOp>,
 }
 
 #[derive(Message)]
-#[rtype(result = "OpOutcome")]
+#[rtype(result = "Settling")]
 struct PublishFrom {
     id: ConnectionId,
     op: ChannelOp,
 }
 
 #[derive(Message)]
-#[rtype(result = "Delivery")]
+#[rtype(result = "Fanning")]
 struct Publish {
     channel: ChannelName,
     data: serde_json::Value,
 }
 
 #[derive(Message)]
-#[rtype(result = "Delivery")]
+#[rtype(result = "Fanning")]
 struct Broadcast {
     data: serde_json::Value,
 }
@@ -281,50 +311,61 @@ struct Shutdown {
     close: Close,
 }
 
-/// How the hub reaches one session.
-struct Link {
-    recipient: Recipient<Deliver>,
-    dialect: DialectKind,
-    backlog: Arc<Backlog>,
+/// Connections a fan-out found cut off or gone: the hub removes them from the registry.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Forget {
+    stalled: Vec<ConnectionId>,
+    gone: Vec<ConnectionId>,
 }
 
-/// Whether a frame was handed to a session.
-enum Queued {
-    /// Queued.
-    Yes,
-    /// The connection's backlog or mailbox is full.
-    Full,
-    /// The session is gone.
-    Gone,
-}
+/// A fan-out on its way: one report per worker it went to.
+struct Fanning(Vec<oneshot::Receiver<Report>>);
 
-impl Link {
-    /// Reserve room in the connection's backlog, then hand the frame to its session.
-    fn queue(&self, frame: Frame) -> Queued {
-        let size = match &frame {
-            Frame::Text(text) => text.len(),
-            Frame::Binary(bytes) => bytes.len(),
-        };
-        if !self.backlog.try_reserve(size) {
-            return Queued::Full;
+impl Fanning {
+    /// Wait for every worker's report, sum them, and have the hub forget the connections that
+    /// were cut off or gone. A worker that stopped (the process is going down) counts as
+    /// having reached nobody.
+    async fn settle(self, hub: &Addr<Hub>) -> Delivery {
+        let mut delivery = Delivery::default();
+        let mut stalled = Vec::new();
+        let mut gone = Vec::new();
+        for report in self.0 {
+            let Ok(report) = report.await else { continue };
+            delivery.reached += report.reached;
+            delivery.dropped += report.stalled.len();
+            stalled.extend(report.stalled);
+            gone.extend(report.gone);
         }
-        match self.recipient.try_send(Deliver(Outbound::Frame(frame))) {
-            Ok(()) => Queued::Yes,
-            Err(SendError::Full(_)) => {
-                self.backlog.release(1, size);
-                Queued::Full
-            }
-            Err(SendError::Closed(_)) => {
-                self.backlog.release(1, size);
-                Queued::Gone
-            }
+        if !stalled.is_empty() || !gone.is_empty() {
+            hub.do_send(Forget { stalled, gone });
+        }
+        delivery
+    }
+}
+
+/// An operation's outcome, or a publish it made that is still on its way.
+enum Settling {
+    /// Done.
+    Ready(OpOutcome),
+    /// A publish: its outcome once the workers have reported.
+    Publishing(Fanning),
+}
+
+impl Settling {
+    async fn settle(self, hub: &Addr<Hub>) -> OpOutcome {
+        match self {
+            Settling::Ready(outcome) => outcome,
+            Settling::Publishing(fanning) => OpOutcome::Published(fanning.settle(hub).await),
         }
     }
 }
 
 /// The hub actor: the registry, delivery, and shutdown.
 struct Hub {
-    registry: Registry<Link>,
+    registry: Registry<Arc<Link>>,
+    /// Each worker's courier, by worker number, learnt from the registrations.
+    couriers: Vec<Option<CourierHandle>>,
     /// Set once shutdown began: new connections are refused.
     shutting_down: bool,
     /// Who waits for the registry to become empty.
@@ -347,6 +388,7 @@ impl Hub {
     fn new(limits: SubscriptionLimits) -> Self {
         Self {
             registry: Registry::new(limits),
+            couriers: Vec::new(),
             shutting_down: false,
             empty_waiters: Vec::new(),
             deliveries_dropped: 0,
@@ -360,10 +402,13 @@ impl Hub {
             .registry
             .get(id)
             .ok_or(Undelivered::UnknownConnection)?;
-        match member.link.queue(frame) {
+        let link = member.link.clone();
+        match link.queue(frame) {
             Queued::Yes => Ok(()),
             Queued::Full => {
-                self.cut_off(id);
+                if link.cut_off() {
+                    self.forget_stalled(id);
+                }
                 Err(Undelivered::QueueFull)
             }
             Queued::Gone => {
@@ -373,47 +418,41 @@ impl Hub {
         }
     }
 
-    /// Deliver one publication to many connections, then cut off those whose backlog was full.
-    /// The publication is encoded once per dialect; every recipient shares those bytes.
-    fn fan_out(&mut self, targets: &[ConnectionId], publication: Publication) -> Delivery {
-        let mut delivery = Delivery::default();
-        let mut stalled = Vec::new();
-        let mut closed = Vec::new();
+    /// Send one publication to many connections: one [`Fanout`] per worker thread with the
+    /// links of its recipients. The couriers deliver and report; the hub does not wait.
+    fn fan_out(&mut self, targets: &[ConnectionId], publication: Publication) -> Fanning {
+        let mut batches: Vec<Vec<Arc<Link>>> = vec![Vec::new(); self.couriers.len()];
         for id in targets {
-            let Some(member) = self.registry.get(id) else {
-                continue;
-            };
-            let frame = dialect::encode(member.link.dialect, &publication);
-            match member.link.queue(frame) {
-                Queued::Yes => delivery.reached += 1,
-                Queued::Full => stalled.push(id),
-                Queued::Gone => closed.push(id),
+            if let Some(member) = self.registry.get(id) {
+                batches[member.link.worker].push(member.link.clone());
             }
         }
-        delivery.dropped = stalled.len();
-        for id in stalled {
-            self.cut_off(id);
+        let publication = Arc::new(publication);
+        let mut reports = Vec::new();
+        for (batch, courier) in batches.into_iter().zip(&self.couriers) {
+            let (Some(courier), false) = (courier, batch.is_empty()) else {
+                continue;
+            };
+            let (report, receiver) = oneshot::channel();
+            courier.send(Fanout {
+                publication: publication.clone(),
+                targets: batch,
+                report,
+            });
+            reports.push(receiver);
         }
-        for id in closed {
-            self.remove(id);
-        }
-        delivery
+        Fanning(reports)
     }
 
-    /// A connection stopped reading: drop it from the registry and ask it to close with 1008.
-    fn cut_off(&mut self, id: &ConnectionId) {
+    /// A connection that stopped reading was cut off: count it and forget it.
+    fn forget_stalled(&mut self, id: &ConnectionId) {
         self.deliveries_dropped += 1;
         self.stalled += 1;
-        log::warn!("id={id} outbound queue full: the client stopped reading; closing with 1008");
-        if let Some(member) = self.remove(id) {
-            // One close message beyond the backlog is the bounded exception: it is sent once,
-            // and the connection gets nothing more from the hub.
-            member.link.recipient.do_send(Deliver(Outbound::CutOff));
-        }
+        self.remove(id);
     }
 
     /// Remove a connection; wake shutdown waiters when the hub is empty.
-    fn remove(&mut self, id: &ConnectionId) -> Option<crate::registry::Member<Link>> {
+    fn remove(&mut self, id: &ConnectionId) -> Option<crate::registry::Member<Arc<Link>>> {
         let member = self.registry.remove(id);
         self.after_removal();
         member
@@ -435,14 +474,14 @@ impl Hub {
     }
 
     /// Apply one operation for a connection; a publish it may make is delivered here.
-    fn apply(&mut self, id: &ConnectionId, op: ChannelOp) -> OpOutcome {
+    fn apply(&mut self, id: &ConnectionId, op: ChannelOp) -> Settling {
         match self.registry.apply(id, op) {
-            Applied::Outcome(outcome) => outcome,
+            Applied::Outcome(outcome) => Settling::Ready(outcome),
             Applied::Publish {
                 targets,
                 channel,
                 data,
-            } => OpOutcome::Published(self.publish(&targets, channel, data)),
+            } => Settling::Publishing(self.publish(&targets, channel, data)),
         }
     }
 
@@ -451,7 +490,7 @@ impl Hub {
         targets: &[ConnectionId],
         channel: ChannelName,
         data: serde_json::Value,
-    ) -> Delivery {
+    ) -> Fanning {
         let publication = Publication::new(Some(channel), data, PublicationKind::Message);
         self.fan_out(targets, publication)
     }
@@ -468,11 +507,18 @@ impl Handler<Connect> for Hub {
             let close = Close::new(close_code::GOING_AWAY, "server shutting down");
             return refuse(&msg.recipient, close);
         }
-        let link = Link {
-            recipient: msg.recipient.clone(),
-            dialect: msg.dialect,
-            backlog: msg.backlog,
-        };
+        let worker = msg.courier.worker();
+        if self.couriers.len() <= worker {
+            self.couriers.resize(worker + 1, None);
+        }
+        self.couriers[worker].get_or_insert(msg.courier);
+        let link = Arc::new(Link::new(
+            msg.id.clone(),
+            msg.recipient.clone(),
+            msg.dialect,
+            msg.backlog,
+            worker,
+        ));
         let id = msg.id.clone();
         match self
             .registry
@@ -482,7 +528,7 @@ impl Handler<Connect> for Hub {
                 // The newer connection wins; the older one is told why and forgotten at once,
                 // so a push always reaches the live connection and no orphan is left behind.
                 log::info!("id={id} replaced by a newer connection with the same id");
-                old.link.recipient.do_send(Deliver(Outbound::Replaced));
+                old.link.tell(Outbound::Replaced);
             }
             Ok(None) => {}
             Err(refused) => {
@@ -500,6 +546,20 @@ impl Handler<Disconnect> for Hub {
     fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
         if self.registry.deregister(&msg.id, msg.serial).is_some() {
             self.after_removal();
+        }
+        self.settle();
+    }
+}
+
+impl Handler<Forget> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: Forget, _: &mut Context<Self>) {
+        for id in &msg.stalled {
+            self.forget_stalled(id);
+        }
+        for id in &msg.gone {
+            self.remove(id);
         }
         self.settle();
     }
@@ -572,10 +632,7 @@ impl Handler<CloseConnection> for Hub {
             .get(&msg.id)
             .ok_or(Undelivered::UnknownConnection)?;
         // A close is one small message beyond the backlog: it must reach a stalled client too.
-        member
-            .link
-            .recipient
-            .do_send(Deliver(Outbound::Close(msg.close)));
+        member.link.tell(Outbound::Close(msg.close));
         Ok(())
     }
 }
@@ -633,10 +690,7 @@ impl Handler<Shutdown> for Hub {
             for (_, member) in self.registry.members() {
                 // Shutdown is the one moment every session gets exactly one message beyond its
                 // backlog: the close it must see even when its queue is full.
-                member
-                    .link
-                    .recipient
-                    .do_send(Deliver(Outbound::Close(msg.close.clone())));
+                member.link.tell(Outbound::Close(msg.close.clone()));
             }
         }
         MessageResult(rx)
@@ -685,6 +739,7 @@ mod tests {
             replace: false,
             dialect: DialectKind::JsonRpc,
             backlog: backlog.clone(),
+            courier: CourierHandle::start(),
         })
         .unwrap();
         let channel = ChannelName::parse("c").unwrap();

@@ -18,6 +18,7 @@ use anyhow::Context as _;
 use crate::backend::http::PendingNotices;
 use crate::backend::Backend;
 use crate::config::{BackendKind, Config};
+use crate::courier::CourierHandle;
 use crate::frame::{close_code, Close};
 use crate::hook::authorize::Authorizer;
 use crate::hook::connect::ConnectHook;
@@ -210,6 +211,7 @@ pub async fn run(
                     authorizer: authorizer.clone(),
                     admission: admission.clone(),
                     max_connections,
+                    courier: CourierHandle::start(),
                 });
                 let mut app = App::new()
                     .app_data(web::Data::new(backend))

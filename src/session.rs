@@ -30,6 +30,7 @@ use crate::backend::http::{BackendReply, Closed, Open, Relay};
 use crate::backend::{loopback, Backend};
 use crate::config::LimitsConfig;
 use crate::connection::ConnectionId;
+use crate::courier::CourierHandle;
 use crate::delivery::{Deliver, Outbound};
 use crate::dialect::{Action, Dialect, DialectKind, DialectOptions, ReplyPlan};
 use crate::frame::{close_code, Close, Frame};
@@ -97,6 +98,8 @@ pub(crate) struct SessionSetup {
     pub backend: Backend,
     /// This worker's authorization hook, when one is configured.
     pub authorizer: Option<Addr<Authorizer>>,
+    /// This worker's courier, which delivers publications to the session.
+    pub courier: CourierHandle,
     /// Connect-time headers and address, for the backend and the authorization hook.
     pub connect_context: Option<serde_json::Value>,
     /// The connect hook's answer, sent as the first frame.
@@ -257,6 +260,8 @@ pub struct Session {
     replaced: bool,
     /// Keeps shutdown waiting until this session has ended.
     drain_guard: Option<Guard>,
+    /// This worker's courier, handed to the hub with the registration.
+    courier: Option<CourierHandle>,
 }
 
 /// Start the session of an upgraded connection on the current worker thread.
@@ -310,6 +315,7 @@ pub(crate) fn start(setup: SessionSetup) {
         first_frame: setup.first_frame,
         replaced: false,
         drain_guard: Some(setup.route.sessions.guard()),
+        courier: Some(setup.courier),
         route: setup.route,
     };
     Session::create(move |ctx| {
@@ -331,6 +337,7 @@ impl Actor for Session {
             self.route.path,
             self.remote.as_deref().unwrap_or("-")
         );
+        let courier = self.courier.take().expect("a session starts once");
         let connect = Registration {
             id: self.id.clone(),
             route: self.route.path.clone(),
@@ -340,6 +347,7 @@ impl Actor for Session {
             replace: self.route.client_ids,
             dialect: self.route.dialect,
             backlog: self.backlog.clone(),
+            courier,
         };
         // Fire and forget: a refusal comes back as a close, so a session that ends at once
         // is still registered (and counted) before its disconnect.
