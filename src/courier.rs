@@ -13,8 +13,9 @@ use tokio::sync::oneshot;
 
 use crate::channel::Publication;
 use crate::connection::ConnectionId;
-use crate::dialect;
+use crate::dialect::{self, DialectKind};
 use crate::link::{Link, Queued};
+use crate::metrics::Metrics;
 
 /// Numbers the couriers (one per worker thread) in the order they start.
 static NEXT_WORKER: AtomicUsize = AtomicUsize::new(0);
@@ -44,7 +45,10 @@ pub struct Report {
 }
 
 /// The courier actor of one worker thread.
-struct Courier;
+struct Courier {
+    /// Deliveries and cut-offs are counted here.
+    metrics: Arc<Metrics>,
+}
 
 impl Actor for Courier {
     type Context = Context<Self>;
@@ -54,26 +58,34 @@ impl Handler<Fanout> for Courier {
     type Result = ();
 
     fn handle(&mut self, msg: Fanout, _: &mut Context<Self>) {
-        let report = deliver(&msg.publication, &msg.targets);
+        let report = deliver(&msg.publication, &msg.targets, &self.metrics);
         // The publisher may have stopped waiting; the delivery stands all the same.
         let _ = msg.report.send(report);
     }
 }
 
 /// Queue `publication` for every link, cutting off those with no room.
-pub fn deliver(publication: &Publication, targets: &[Arc<Link>]) -> Report {
+fn deliver(publication: &Publication, targets: &[Arc<Link>], metrics: &Metrics) -> Report {
     let mut report = Report::default();
+    let mut delivered = [0u64; DialectKind::COUNT];
     for link in targets {
         let frame = dialect::encode(link.dialect, publication);
         match link.queue(frame) {
-            Queued::Yes => report.reached += 1,
+            Queued::Yes => {
+                report.reached += 1;
+                delivered[link.dialect.index()] += 1;
+            }
             Queued::Full => {
                 if link.cut_off() {
+                    metrics.cut_off();
                     report.stalled.push(link.id.clone());
                 }
             }
             Queued::Gone => report.gone.push(link.id.clone()),
         }
+    }
+    for (kind, count) in DialectKind::ALL.into_iter().zip(delivered) {
+        metrics.delivered(kind, count);
     }
     report
 }
@@ -89,10 +101,10 @@ pub struct CourierHandle {
 
 impl CourierHandle {
     /// Start the courier of the current worker thread (once per worker, on its arbiter).
-    pub fn start() -> Self {
+    pub fn start(metrics: Arc<Metrics>) -> Self {
         Self {
             worker: NEXT_WORKER.fetch_add(1, Ordering::Relaxed),
-            addr: Courier.start(),
+            addr: Courier { metrics }.start(),
         }
     }
 

@@ -19,6 +19,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 use serde::Serialize;
@@ -31,6 +32,7 @@ use crate::delivery::{Deliver, Delivery, Outbound, Undelivered};
 use crate::dialect::DialectKind;
 use crate::frame::{close_code, Close, Frame};
 use crate::link::{Link, Queued};
+use crate::metrics::Metrics;
 use crate::operation::{ChannelOp, OpOutcome};
 use crate::outbox::Backlog;
 use crate::registry::{Applied, Registry};
@@ -86,7 +88,12 @@ pub struct HubStats {
 
 /// The one way into the hub: cheap to clone, every call a message to the hub actor.
 #[derive(Clone)]
-pub struct HubHandle(Addr<Hub>);
+pub struct HubHandle {
+    /// The hub actor.
+    addr: Addr<Hub>,
+    /// The process's metrics (shared by everyone who holds the handle).
+    metrics: Arc<Metrics>,
+}
 
 /// Turn the actor's reply into the handle's result.
 async fn answer<T>(
@@ -97,22 +104,30 @@ async fn answer<T>(
 
 impl HubHandle {
     /// Start the hub (once per process, before the servers) on the current arbiter.
-    pub fn start(limits: SubscriptionLimits) -> Self {
-        Self(Hub::new(limits).start())
+    pub fn start(limits: SubscriptionLimits, metrics: Arc<Metrics>) -> Self {
+        Self {
+            addr: Hub::new(limits, metrics.clone()).start(),
+            metrics,
+        }
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Register a connection. It is queued at once and handled even if the session ends
     /// first (a reply would be dropped with it, and the registration skipped); a refusal
     /// reaches the session as a close (1001 while shutting down, 1013 for a duplicate id).
     pub fn connect(&self, registration: Registration) -> Result<(), HubUnavailable> {
-        self.0
+        self.addr
             .try_send(Connect(registration))
             .map_err(|_| HubUnavailable)
     }
 
     /// The connection ended (idempotent; a stale serial is ignored).
     pub fn disconnect(&self, id: ConnectionId, serial: u64) {
-        self.0.do_send(Disconnect { id, serial });
+        self.addr.do_send(Disconnect { id, serial });
     }
 
     /// Apply channel operations in order for one connection.
@@ -121,7 +136,7 @@ impl HubHandle {
         id: ConnectionId,
         ops: Vec<ChannelOp>,
     ) -> impl Future<Output = Result<Vec<OpOutcome>, HubUnavailable>> + 'static {
-        let hub = self.0.clone();
+        let hub = self.addr.clone();
         async move {
             let settling = answer(hub.send(Apply { id, ops })).await?;
             let mut outcomes = Vec::with_capacity(settling.len());
@@ -148,10 +163,17 @@ impl HubHandle {
             exclude_sender,
             require_subscribed,
         };
-        let hub = self.0.clone();
+        let hub = self.addr.clone();
+        let metrics = self.metrics.clone();
         async move {
+            let started = Instant::now();
             let settling = answer(hub.send(PublishFrom { id, op })).await?;
-            Ok(settling.settle(&hub).await)
+            let outcome = settling.settle(&hub).await;
+            if let OpOutcome::Published(_) = outcome {
+                metrics.published("client");
+                metrics.fanned_out(started.elapsed().as_secs_f64());
+            }
+            Ok(outcome)
         }
     }
 
@@ -161,10 +183,15 @@ impl HubHandle {
         channel: ChannelName,
         data: serde_json::Value,
     ) -> impl Future<Output = Result<Delivery, HubUnavailable>> + 'static {
-        let hub = self.0.clone();
+        let hub = self.addr.clone();
+        let metrics = self.metrics.clone();
         async move {
+            let started = Instant::now();
             let fanning = answer(hub.send(Publish { channel, data })).await?;
-            Ok(fanning.settle(&hub).await)
+            let delivery = fanning.settle(&hub).await;
+            metrics.published("api");
+            metrics.fanned_out(started.elapsed().as_secs_f64());
+            Ok(delivery)
         }
     }
 
@@ -173,10 +200,15 @@ impl HubHandle {
         &self,
         data: serde_json::Value,
     ) -> impl Future<Output = Result<Delivery, HubUnavailable>> + 'static {
-        let hub = self.0.clone();
+        let hub = self.addr.clone();
+        let metrics = self.metrics.clone();
         async move {
+            let started = Instant::now();
             let fanning = answer(hub.send(Broadcast { data })).await?;
-            Ok(fanning.settle(&hub).await)
+            let delivery = fanning.settle(&hub).await;
+            metrics.published("broadcast");
+            metrics.fanned_out(started.elapsed().as_secs_f64());
+            Ok(delivery)
         }
     }
 
@@ -186,7 +218,7 @@ impl HubHandle {
         id: ConnectionId,
         frame: Frame,
     ) -> impl Future<Output = Result<Result<(), Undelivered>, HubUnavailable>> + 'static {
-        answer(self.0.send(SendTo { id, frame }))
+        answer(self.addr.send(SendTo { id, frame }))
     }
 
     /// Close one connection with this code and reason.
@@ -195,21 +227,21 @@ impl HubHandle {
         id: ConnectionId,
         close: Close,
     ) -> impl Future<Output = Result<Result<(), Undelivered>, HubUnavailable>> + 'static {
-        answer(self.0.send(CloseConnection { id, close }))
+        answer(self.addr.send(CloseConnection { id, close }))
     }
 
     /// Every connection, sorted by id.
     pub fn connections(
         &self,
     ) -> impl Future<Output = Result<Vec<ConnectionInfo>, HubUnavailable>> + 'static {
-        answer(self.0.send(ListConnections))
+        answer(self.addr.send(ListConnections))
     }
 
     /// Every channel with its member count, sorted by name.
     pub fn channels(
         &self,
     ) -> impl Future<Output = Result<Vec<ChannelInfo>, HubUnavailable>> + 'static {
-        answer(self.0.send(ListChannels))
+        answer(self.addr.send(ListChannels))
     }
 
     /// Members of `channel`, or with `None` the connections in at least one channel.
@@ -217,12 +249,12 @@ impl HubHandle {
         &self,
         channel: Option<ChannelName>,
     ) -> impl Future<Output = Result<usize, HubUnavailable>> + 'static {
-        answer(self.0.send(CountSubscribers { channel }))
+        answer(self.addr.send(CountSubscribers { channel }))
     }
 
     /// The counters.
     pub fn stats(&self) -> impl Future<Output = Result<HubStats, HubUnavailable>> + 'static {
-        answer(self.0.send(Stats))
+        answer(self.addr.send(Stats))
     }
 
     /// Refuse new connections, ask every session to close with `close`; the receiver fires
@@ -231,7 +263,7 @@ impl HubHandle {
         &self,
         close: Close,
     ) -> impl Future<Output = Result<oneshot::Receiver<()>, HubUnavailable>> + 'static {
-        answer(self.0.send(Shutdown { close }))
+        answer(self.addr.send(Shutdown { close }))
     }
 }
 
@@ -374,6 +406,8 @@ struct Hub {
     deliveries_dropped: u64,
     /// Connections cut off because they stopped reading.
     stalled: u64,
+    /// The process's metrics (the channel gauge, pushes and their cut-offs).
+    metrics: Arc<Metrics>,
 }
 
 impl Actor for Hub {
@@ -385,7 +419,7 @@ impl Actor for Hub {
 }
 
 impl Hub {
-    fn new(limits: SubscriptionLimits) -> Self {
+    fn new(limits: SubscriptionLimits, metrics: Arc<Metrics>) -> Self {
         Self {
             registry: Registry::new(limits),
             couriers: Vec::new(),
@@ -393,6 +427,7 @@ impl Hub {
             empty_waiters: Vec::new(),
             deliveries_dropped: 0,
             stalled: 0,
+            metrics,
         }
     }
 
@@ -404,9 +439,13 @@ impl Hub {
             .ok_or(Undelivered::UnknownConnection)?;
         let link = member.link.clone();
         match link.queue(frame) {
-            Queued::Yes => Ok(()),
+            Queued::Yes => {
+                self.metrics.delivered(link.dialect, 1);
+                Ok(())
+            }
             Queued::Full => {
                 if link.cut_off() {
+                    self.metrics.cut_off();
                     self.forget_stalled(id);
                 }
                 Err(Undelivered::QueueFull)
@@ -468,8 +507,13 @@ impl Hub {
 
     /// Interest changes are the seam for a cluster; a single node has nobody to tell.
     fn settle(&mut self) {
+        let mut changed = false;
         for change in self.registry.take_interest() {
             log::trace!("channel interest: {change:?}");
+            changed = true;
+        }
+        if changed {
+            self.metrics.set_channels(self.registry.channel_count());
         }
     }
 
@@ -726,7 +770,7 @@ mod tests {
 
     #[actix_web::test]
     async fn a_full_backlog_drops_the_delivery_and_cuts_the_connection_off() {
-        let hub = HubHandle::start(ROOMY);
+        let hub = HubHandle::start(ROOMY, Arc::new(Metrics::new()));
         let count = std::rc::Rc::new(std::cell::Cell::new(0));
         let backlog = Arc::new(Backlog::new(2, 1 << 20));
         let id = ConnectionId::parse("slow").unwrap();
@@ -739,7 +783,7 @@ mod tests {
             replace: false,
             dialect: DialectKind::JsonRpc,
             backlog: backlog.clone(),
-            courier: CourierHandle::start(),
+            courier: CourierHandle::start(Arc::new(Metrics::new())),
         })
         .unwrap();
         let channel = ChannelName::parse("c").unwrap();

@@ -35,6 +35,7 @@ mod hook;
 mod hub;
 mod jsonrpc_envelope;
 mod link;
+mod metrics;
 mod operation;
 mod origin;
 mod outbox;
