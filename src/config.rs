@@ -17,7 +17,7 @@ use serde::{Deserialize, Deserializer};
 use crate::channel::MAX_CHANNEL_LEN;
 use crate::dialect::DialectKind;
 use crate::hub::SubscriptionLimits;
-use crate::origin::{HostPolicy, OriginPolicy, PatternError};
+use crate::origin::{HostPolicy, OriginRule, PatternError};
 
 /// The whole configuration file. Every section is optional; a missing section takes its defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +91,16 @@ pub struct ServerConfig {
     /// limit minus a reserve for the push API, backend callouts and the process itself.
     #[serde(deserialize_with = "positive_if_set")]
     pub max_connections: Option<usize>,
+    /// Origins whose pages may open WebSockets (and, unless `push.allowed_origins` is set,
+    /// call the push API): exact origins, `https://*.example.com` patterns, or `*` for any.
+    /// Unset: only a page's own origin (the sample page). A route may override it.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Refuse WebSocket handshakes that carry no `Origin` header (programs send none; every
+    /// browser does). A route may override it.
+    pub require_origin: bool,
+    /// How long `/readyz` answers 503 after SIGTERM before the sockets are closed, so a load
+    /// balancer stops sending new clients before the 1001 closes begin.
+    pub drain_delay_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +112,9 @@ impl Default for ServerConfig {
             shutdown_timeout_ms: 5_000,
             trusted_proxies: TrustedProxies::default(),
             max_connections: None,
+            allowed_origins: None,
+            require_origin: false,
+            drain_delay_ms: 1_000,
         }
     }
 }
@@ -120,8 +133,8 @@ pub struct PushConfig {
     pub token_file: Option<PathBuf>,
     /// Origins (`https://app.example.com`, `https://*.example.com`) whose pages may call the
     /// push API; a request with any other `Origin` header is refused, so a web page cannot
-    /// drive the API from a browser (CSRF).
-    pub allowed_origins: Vec<String>,
+    /// drive the API from a browser (CSRF). Unset: `server.allowed_origins` (without `*`).
+    pub allowed_origins: Option<Vec<String>>,
     /// Host names the push API answers besides the loopback ones (on a loopback listener),
     /// or instead of any (on another listener, when set): the defence against DNS rebinding.
     pub allowed_hosts: Vec<String>,
@@ -151,7 +164,7 @@ impl Default for PushConfig {
             listen: Address("127.0.0.1:8081".parse().expect("valid literal")),
             token: None,
             token_file: None,
-            allowed_origins: Vec::new(),
+            allowed_origins: None,
             allowed_hosts: Vec::new(),
             body_timeout_ms: NonZeroU64::new(10_000).expect("positive literal"),
             resolved_token: None,
@@ -172,11 +185,6 @@ impl PushConfig {
     /// The deadline for reading one request body.
     pub fn body_timeout(&self) -> Duration {
         Duration::from_millis(self.body_timeout_ms.get())
-    }
-
-    /// The origins allowed to call the push API (valid once the config is validated).
-    pub fn origin_policy(&self) -> Result<OriginPolicy, PatternError> {
-        OriginPolicy::new(&self.allowed_origins)
     }
 
     /// The `Host` values the push API answers (valid once the config is validated).
@@ -377,6 +385,14 @@ pub struct RouteConfig {
     /// body becomes the first frame (AWX's `{"accept": true, "user": id}`). An http:// URL.
     #[serde(default, deserialize_with = "http_url_text")]
     pub accept_url: Option<String>,
+    /// Origins whose pages may open WebSockets on this route, instead of
+    /// `server.allowed_origins`.
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Whether a handshake on this route must carry `Origin`, instead of
+    /// `server.require_origin`.
+    #[serde(default)]
+    pub require_origin: Option<bool>,
 }
 
 /// The `[log]` section.
@@ -385,14 +401,28 @@ pub struct RouteConfig {
 pub struct LogConfig {
     /// Default level when RUST_LOG is not set: error, warn, info, debug or trace.
     pub level: String,
+    /// How each line is written: `text` for people, `json` (one object per line) for shippers.
+    pub format: LogFormat,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: "info".to_owned(),
+            format: LogFormat::Text,
         }
     }
+}
+
+/// The log line formats (see `logging.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `[time LEVEL target] id=... message`.
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, target, message and the record's fields.
+    Json,
 }
 
 fn default_routes() -> Vec<RouteConfig> {
@@ -404,6 +434,8 @@ fn default_routes() -> Vec<RouteConfig> {
             client_publish: false,
             xrf_cookie: None,
             accept_url: None,
+            allowed_origins: None,
+            require_origin: None,
         },
         RouteConfig {
             path: "/rpc".to_owned(),
@@ -412,6 +444,8 @@ fn default_routes() -> Vec<RouteConfig> {
             client_publish: false,
             xrf_cookie: None,
             accept_url: None,
+            allowed_origins: None,
+            require_origin: None,
         },
     ]
 }
@@ -633,14 +667,183 @@ pub enum ConfigError {
 }
 
 /// Paths the push API owns when it shares the WebSocket listener.
-const PUSH_PATHS: [&str; 2] = ["/api", "/healthz"];
+const PUSH_PATHS: [&str; 3] = ["/api", "/healthz", "/readyz"];
+
+// --- Keys from the environment ---
+
+/// The prefix of the environment variables that set config keys:
+/// `SWITCHBOARD_<SECTION>_<KEY>` sets `section.key`.
+pub const ENV_PREFIX: &str = "SWITCHBOARD_";
+
+/// Variables with [`ENV_PREFIX`] that are not config keys: the push token (read by
+/// [`Config::resolve_push_token`], where it wins over `push.token` and `push.token_file`) and
+/// the operator commands' own variables.
+const ENV_NOT_KEYS: [&str; 3] = [PUSH_TOKEN_ENV, "SWITCHBOARD_PUSH_URL", "SWITCHBOARD_TOKEN"];
+
+/// The sections of the config file, as the environment names them.
+const SECTIONS: [&str; 7] = [
+    "server",
+    "push",
+    "limits",
+    "backend",
+    "log",
+    "authorization",
+    "routes",
+];
+
+/// Config keys set from environment variables (see [`ENV_PREFIX`]), applied over the file.
+#[derive(Debug, Clone, Default)]
+pub struct EnvOverrides {
+    /// The variables with the prefix, sorted by name, whole `SWITCHBOARD_ROUTES` first.
+    vars: Vec<(String, String)>,
+}
+
+/// One variable mapped to its key.
+struct EnvKey<'a> {
+    /// The variable's name.
+    var: &'a str,
+    /// The key's path in the file: `["server", "listen"]`, `["routes"]`, `["routes", "0", "path"]`.
+    path: Vec<String>,
+    /// The raw text of the variable.
+    text: &'a str,
+}
+
+impl EnvKey<'_> {
+    /// The key as errors name it (`server.listen`, `routes[0].path`).
+    fn key(&self) -> String {
+        match self.path.as_slice() {
+            [routes, index, key] => format!("{routes}[{index}].{key}"),
+            parts => parts.join("."),
+        }
+    }
+}
+
+impl EnvOverrides {
+    /// The process environment's config variables.
+    pub fn from_env() -> Self {
+        Self::from_pairs(std::env::vars())
+    }
+
+    /// The config variables among `pairs` (name, value).
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut vars: Vec<(String, String)> = pairs
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX) && !ENV_NOT_KEYS.contains(&name.as_str()))
+            .collect();
+        vars.sort_by_key(|(name, _)| (name != "SWITCHBOARD_ROUTES", name.clone()));
+        Self { vars }
+    }
+
+    /// Whether no variable sets a key.
+    pub fn is_empty(&self) -> bool {
+        self.vars.is_empty()
+    }
+
+    /// The variables' names, for messages.
+    pub fn names(&self) -> Vec<&str> {
+        self.vars.iter().map(|(name, _)| name.as_str()).collect()
+    }
+
+    /// Map each variable to its key; the error names a variable that maps to none.
+    fn keys(&self) -> Result<Vec<EnvKey<'_>>, ConfigError> {
+        self.vars
+            .iter()
+            .map(|(var, text)| {
+                let rest = var[ENV_PREFIX.len()..].to_ascii_lowercase();
+                let unknown = |why: String| ConfigError::Invalid {
+                    origin: "environment".into(),
+                    key: var.clone(),
+                    message: why,
+                };
+                let section = SECTIONS
+                    .into_iter()
+                    .find(|s| rest == *s || rest.starts_with(&format!("{s}_")))
+                    .ok_or_else(|| {
+                        unknown(format!(
+                            "names no config section: use SWITCHBOARD_<SECTION>_<KEY> with a section of {}",
+                            SECTIONS.join(", ")
+                        ))
+                    })?;
+                let key = rest[section.len()..].trim_start_matches('_');
+                let path = match (section, key.split_once('_')) {
+                    ("routes", _) if key.is_empty() => vec![section.to_owned()],
+                    ("routes", Some((index, key)))
+                        if !key.is_empty() && index.parse::<usize>().is_ok() =>
+                    {
+                        vec![section.to_owned(), index.to_owned(), key.to_owned()]
+                    }
+                    ("routes", _) => {
+                        return Err(unknown(
+                            "use SWITCHBOARD_ROUTES (the whole array) or SWITCHBOARD_ROUTES_<INDEX>_<KEY>".into(),
+                        ))
+                    }
+                    _ if key.is_empty() => {
+                        return Err(unknown(format!("names the section `{section}` but no key")))
+                    }
+                    _ => vec![section.to_owned(), key.to_owned()],
+                };
+                Ok(EnvKey { var, path, text })
+            })
+            .collect()
+    }
+}
+
+/// A variable's text as a TOML value (`4`, `true`, `["a", "b"]`, `{ path = "/ws" }`), or as
+/// a string when it is not one (`127.0.0.1:8080`, `info`).
+fn env_value(text: &str) -> toml::Value {
+    format!("value = {text}")
+        .parse::<toml::Table>()
+        .ok()
+        .filter(|table| table.len() == 1)
+        .and_then(|mut table| table.remove("value"))
+        .unwrap_or_else(|| toml::Value::String(text.to_owned()))
+}
+
+/// Set the key of `env` in the file's table to `value`.
+fn apply_env(table: &mut toml::Table, env: &EnvKey<'_>, value: toml::Value) -> Result<(), String> {
+    match env.path.as_slice() {
+        [section] => {
+            table.insert(section.clone(), value);
+        }
+        [section, key] => {
+            let entry = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(section) = entry else {
+                return Err(format!("`{section}` in the file is not a section"));
+            };
+            section.insert(key.clone(), value);
+        }
+        [routes, index, key] => {
+            let count = table
+                .get(routes)
+                .and_then(toml::Value::as_array)
+                .map_or(0, Vec::len);
+            let route = table
+                .get_mut(routes)
+                .and_then(toml::Value::as_array_mut)
+                .and_then(|routes| routes.get_mut(index.parse::<usize>().unwrap_or(usize::MAX)))
+                .and_then(toml::Value::as_table_mut)
+                .ok_or_else(|| {
+                    format!(
+                        "there is no routes[{index}]: the file (or SWITCHBOARD_ROUTES) has {count} route(s); the environment changes routes, it does not add them one by one"
+                    )
+                })?;
+            route.insert(key.clone(), value);
+        }
+        _ => unreachable!("EnvOverrides::keys makes paths of one to three parts"),
+    }
+    Ok(())
+}
+
+// --- end of keys from the environment ---
 
 impl Config {
-    /// Read and validate a config file, with the push token's sources (`push.token_file`
-    /// and [`PUSH_TOKEN_ENV`]) read.
+    /// Read and validate a config file with the environment's keys applied over it, and the
+    /// push token's sources (`push.token_file` and [`PUSH_TOKEN_ENV`]) read.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let origin = path.display().to_string();
-        let mut config = Self::read(path)?;
+        let mut config = Self::read_layered(path, &EnvOverrides::from_env())?;
         config.resolve_push_token(&origin, std::env::var(PUSH_TOKEN_ENV).ok())?;
         config.validate(&origin)?;
         Ok(config)
@@ -648,29 +851,113 @@ impl Config {
 
     /// Read and parse a config file, without reading token files or validating it.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        Self::read_layered(path, &EnvOverrides::default())
+    }
+
+    /// Read and parse a config file with `env`'s keys applied over it, without reading token
+    /// files or validating it.
+    pub fn read_layered(path: &Path, env: &EnvOverrides) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse_layered(&text, &path.display().to_string(), env)
     }
 
     /// Parse a config from TOML text (without validating it); `origin` names the text in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let deserializer = toml::Deserializer::new(text);
-        let mut config: Self = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let message = e.inner().to_string().trim_end().to_owned();
-            ConfigError::Parse {
-                origin: origin.to_owned(),
-                // The key, when the error is about one value (`backend.url`, `routes[0].path`).
-                message: match e.path().to_string().as_str() {
-                    "." => message,
-                    key => format!("`{key}`: {message}"),
-                },
+        let config = serde_path_to_error::deserialize(deserializer)
+            .map_err(|e| Self::parse_error(origin, &e, None))?;
+        Ok(Self::derived(config))
+    }
+
+    /// [`Config::parse`] with `env`'s keys applied over the text. An error about a key the
+    /// environment set names the key and the variable; any other names the key and, when the
+    /// file alone has it, the file's line.
+    pub fn parse_layered(text: &str, origin: &str, env: &EnvOverrides) -> Result<Self, ConfigError> {
+        if env.is_empty() {
+            return Self::parse(text, origin);
+        }
+        let keys = env.keys()?;
+        // A file that is not TOML at all: its own error, with the line.
+        let Ok(mut table) = text.parse::<toml::Table>() else {
+            return Self::parse(text, origin);
+        };
+        let mut as_text = vec![false; keys.len()];
+        loop {
+            for (env_key, as_text) in keys.iter().zip(&as_text) {
+                let value = match as_text {
+                    true => toml::Value::String(env_key.text.to_owned()),
+                    false => env_value(env_key.text),
+                };
+                apply_env(&mut table, env_key, value).map_err(|message| ConfigError::Invalid {
+                    origin: "environment".into(),
+                    key: format!("{} ({})", env_key.key(), env_key.var),
+                    message,
+                })?;
             }
-        })?;
+            let error = match serde_path_to_error::deserialize(toml::Value::Table(table.clone())) {
+                Ok(config) => return Ok(Self::derived(config)),
+                Err(error) => error,
+            };
+            let path = error.path().to_string();
+            let message = error.inner().to_string();
+            let culprit = keys.iter().position(|k| {
+                let key = k.key();
+                key == path
+                    || (k.path.len() > 1
+                        && path == key.rsplit_once('.').map_or("", |(section, _)| section)
+                        && message.contains(&format!("`{}`", k.path[k.path.len() - 1])))
+            });
+            match culprit {
+                // `123` meant as a string (a token): read the variable as text and try again.
+                Some(i) if !as_text[i] && message.contains("invalid type") => as_text[i] = true,
+                Some(i) => {
+                    return Err(Self::parse_error(
+                        "environment",
+                        &error,
+                        Some(&format!("`{}` ({})", keys[i].key(), keys[i].var)),
+                    ))
+                }
+                None => {
+                    // The file's own mistake: with its line when the file alone shows it.
+                    Self::parse(text, origin)?;
+                    return Err(Self::parse_error(origin, &error, None));
+                }
+            }
+        }
+    }
+
+    /// A parse error naming its key (`backend.url`, `routes[0].path`), or `named` (the key
+    /// and its variable) instead.
+    fn parse_error<E: fmt::Display>(
+        origin: &str,
+        error: &serde_path_to_error::Error<E>,
+        named: Option<&str>,
+    ) -> ConfigError {
+        let message = error.inner().to_string();
+        // A `toml::Value` error ends with its own "in `key`" line: the key is named already.
+        let message = message
+            .split_once("\nin `")
+            .map_or(message.as_str(), |(first, _)| first)
+            .trim_end()
+            .to_owned();
+        let message = match (named, error.path().to_string().as_str()) {
+            (Some(named), _) => format!("{named}: {message}"),
+            (None, ".") => message,
+            (None, key) => format!("`{key}`: {message}"),
+        };
+        ConfigError::Parse {
+            origin: origin.to_owned(),
+            message,
+        }
+    }
+
+    /// The values derived from others once the file is read.
+    fn derived(mut config: Self) -> Self {
         config.backend.max_answer_size = config.limits.max_message_size;
-        Ok(config)
+        config
     }
 
     /// Parse and validate a config from TOML text; `push.token_file` is read, the environment
@@ -784,12 +1071,14 @@ impl Config {
                 ),
             ));
         }
-        for (i, pattern) in push.allowed_origins.iter().enumerate() {
-            if let Err(e) = OriginPolicy::new(&[pattern]) {
-                return Err(invalid(
-                    &format!("push.allowed_origins[{i}]"),
-                    e.to_string(),
-                ));
+        let mut origin_lists = vec![("server.allowed_origins".to_owned(), true, &self.server.allowed_origins)];
+        origin_lists.push(("push.allowed_origins".to_owned(), false, &push.allowed_origins));
+        for (i, route) in self.routes.iter().enumerate() {
+            origin_lists.push((format!("routes[{i}].allowed_origins"), true, &route.allowed_origins));
+        }
+        for (key, honour_any, list) in origin_lists {
+            if let Err((i, e)) = OriginRule::new(list.as_deref(), honour_any, false, &key) {
+                return Err(invalid(&format!("{key}[{i}]"), e.to_string()));
             }
         }
         for (i, host) in push.allowed_hosts.iter().enumerate() {
@@ -877,6 +1166,42 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The origin rule of the WebSocket handshake on route `index` (valid once the config is
+    /// validated): the route's list and `require_origin` where set, else the server's.
+    pub fn handshake_origins(&self, index: usize) -> OriginRule {
+        let route = &self.routes[index];
+        let (key, list) = match &route.allowed_origins {
+            Some(list) => (format!("routes[{index}].allowed_origins"), Some(list)),
+            None => (
+                "server.allowed_origins".to_owned(),
+                self.server.allowed_origins.as_ref(),
+            ),
+        };
+        let require = route.require_origin.unwrap_or(self.server.require_origin);
+        OriginRule::new(list.map(Vec::as_slice), true, require, &key)
+            .expect("origin lists are checked by Config::validate")
+    }
+
+    /// The origin rule of the push API (valid once the config is validated):
+    /// `push.allowed_origins` where set, else `server.allowed_origins` without `*`. Requests
+    /// without `Origin` always pass (backends send none).
+    pub fn push_origins(&self) -> OriginRule {
+        let rule = |list: Option<&Vec<String>>, honour_any, key: &str| {
+            OriginRule::new(list.map(Vec::as_slice), honour_any, false, key)
+                .expect("origin lists are checked by Config::validate")
+        };
+        match &self.push.allowed_origins {
+            Some(list) => rule(Some(list), false, "push.allowed_origins"),
+            None => rule(self.server.allowed_origins.as_ref(), true, "server.allowed_origins")
+                .without_any("push.allowed_origins"),
+        }
+    }
+
+    /// How long `/readyz` says "draining" before the sockets are closed.
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_millis(self.server.drain_delay_ms)
     }
 
     /// Whether the push API and the WebSocket routes share one listener.
@@ -1000,10 +1325,9 @@ mod tests {
         )
         .unwrap();
         assert!(config
-            .push
-            .origin_policy()
-            .unwrap()
-            .allows("https://a.example.com"));
+            .push_origins()
+            .check(["https://a.example.com"], None)
+            .is_ok());
         assert_eq!(config.push.body_timeout_ms.get(), 10_000);
         let err =
             check("[push]\nallowed_origins = [\"https://ok.example\", \"app.example.com\"]\n")

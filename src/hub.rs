@@ -404,7 +404,7 @@ impl Hub {
     fn cut_off(&mut self, id: &ConnectionId) {
         self.deliveries_dropped += 1;
         self.stalled += 1;
-        log::warn!("id={id} outbound queue full: the client stopped reading; closing with 1008");
+        log::warn!(id:% = id; "outbound queue full: the client stopped reading; closing with 1008");
         if let Some(member) = self.remove(id) {
             // One close message beyond the backlog is the bounded exception: it is sent once,
             // and the connection gets nothing more from the hub.
@@ -481,7 +481,7 @@ impl Handler<Connect> for Hub {
             Ok(Some(old)) => {
                 // The newer connection wins; the older one is told why and forgotten at once,
                 // so a push always reaches the live connection and no orphan is left behind.
-                log::info!("id={id} replaced by a newer connection with the same id");
+                log::info!(id:% = id; "replaced by a newer connection with the same id");
                 old.link.recipient.do_send(Deliver(Outbound::Replaced));
             }
             Ok(None) => {}

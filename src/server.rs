@@ -23,6 +23,7 @@ use crate::hook::authorize::Authorizer;
 use crate::hook::connect::ConnectHook;
 use crate::hub::HubHandle;
 use crate::push::{self, PushSettings};
+use crate::readiness::{NotReady, Readiness};
 use crate::session::RouteContext;
 use crate::shutdown;
 use crate::upgrade::{self, Upgrader};
@@ -142,7 +143,20 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_with_readiness(config, listeners, shutdown, Readiness::default()).await
+}
+
+/// [`run`], reporting readiness through `readiness` (`/readyz`): starting until the servers
+/// run and the hub answers, draining from the shutdown signal on. Other components (the
+/// cluster link) set their own reasons on a clone.
+pub async fn run_with_readiness(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    readiness: Readiness,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    let readiness_data = web::Data::new(readiness.clone());
     // One hub for the whole process, started before the servers; workers get its address.
     let hub = HubHandle::start(config.limits.subscriptions());
     let hub_data = web::Data::new(hub.clone());
@@ -174,7 +188,7 @@ pub async fn run(
         })
         .collect();
     let push_settings = web::Data::new(PushSettings::new(
-        &config.push,
+        &config,
         config.limits.max_message_size / 3 * 4 + PUSH_BODY_OVERHEAD,
     ));
     let workers = match config.server.workers {
@@ -191,6 +205,7 @@ pub async fn run(
         let config = config.clone();
         let hub_data = hub_data.clone();
         let push_settings = push_settings.clone();
+        let readiness_data = readiness_data.clone();
         let notices = notices.clone();
         actix_server::Server::build()
             .workers(workers)
@@ -204,7 +219,11 @@ pub async fn run(
                 let upgrader = Rc::new(Upgrader {
                     routes: routes
                         .iter()
-                        .map(|route| (ResourceDef::new(&*route.path), route.clone().into_inner()))
+                        .enumerate()
+                        .map(|(i, route)| {
+                            let pattern = ResourceDef::new(&*route.path);
+                            (pattern, route.clone().into_inner(), config.handshake_origins(i))
+                        })
                         .collect(),
                     backend: backend.clone(),
                     authorizer: authorizer.clone(),
@@ -215,6 +234,7 @@ pub async fn run(
                     .app_data(web::Data::new(backend))
                     .app_data(web::Data::new(authorizer))
                     .app_data(web::Data::new(admission))
+                    .app_data(readiness_data.clone())
                     .app_data(hub_data.clone());
                 for route in &routes {
                     app = app
@@ -257,6 +277,7 @@ pub async fn run(
             let server = HttpServer::new(move || {
                 App::new()
                     .app_data(hub_data.clone())
+                    .app_data(readiness_data.clone())
                     .app_data(push_settings.clone())
                     .configure(|cfg| push::configure(cfg, relay_format))
                     .default_service(web::to(push::not_found))
@@ -271,6 +292,11 @@ pub async fn run(
         }
         None => None,
     };
+
+    // Ready once the hub answers (the servers are running by now).
+    if hub.stats().await.is_ok() {
+        readiness.clear(NotReady::Starting);
+    }
 
     // A server that ends on its own (it should not) is noticed: the hub then shuts down as on
     // a signal and the process exits with an error.
@@ -300,6 +326,16 @@ pub async fn run(
     };
     if let Some(why) = &unexpected {
         log::error!("{why}; shutting down");
+    }
+    // Tell the load balancer first (`/readyz` 503) and give it `server.drain_delay_ms` to
+    // stop sending clients; the listener keeps accepting meanwhile, so none is turned away.
+    readiness.set(NotReady::Draining);
+    if unexpected.is_none() && !config.drain_delay().is_zero() {
+        log::info!(
+            "draining: /readyz answers 503; closing connections in {:?} (server.drain_delay_ms)",
+            config.drain_delay()
+        );
+        tokio::time::sleep(config.drain_delay()).await;
     }
     // Stop accepting first, so no new socket arrives while the old ones are being closed.
     ws_handle.pause().await;

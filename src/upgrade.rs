@@ -28,12 +28,14 @@ use crate::connection::ConnectionId;
 use crate::frame::Frame;
 use crate::hook::authorize::Authorizer;
 use crate::hook::connect::{Admit, ConnectHook};
+use crate::origin::OriginRule;
 use crate::session::{self, RouteContext, SessionSetup};
 
 /// The upgrade's view of one worker: the routes and this worker's backend and hooks.
 pub(crate) struct Upgrader {
-    /// Each WebSocket route with its path pattern (`{id}` segments are captured).
-    pub routes: Vec<(ResourceDef, Arc<RouteContext>)>,
+    /// Each WebSocket route with its path pattern (`{id}` segments are captured) and the
+    /// origins whose pages may open it.
+    pub routes: Vec<(ResourceDef, Arc<RouteContext>, OriginRule)>,
     /// This worker's backend.
     pub backend: Backend,
     /// This worker's authorization hook.
@@ -122,6 +124,36 @@ pub(crate) fn check_handshake(head: &actix_http::RequestHead) -> Result<(), Refu
     Ok(())
 }
 
+// --- Origin allow-list (the handshake's cross-site check) ---
+
+/// Refuse a handshake whose `Origin` the route's rule does not allow (a page on another
+/// site), with 403 and a log line naming the origin and the key to add it to.
+fn check_origin(
+    req: &Request,
+    origins: &OriginRule,
+    trusted: &TrustedProxies,
+) -> Result<(), Refusal> {
+    let values = req
+        .headers()
+        .get_all(header::ORIGIN)
+        .map(|value| value.to_str().unwrap_or(""));
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|value| value.to_str().unwrap_or(""));
+    origins.check(values, host).map_err(|refusal| {
+        let remote = client_address(req.peer_addr(), req.headers(), trusted);
+        log::warn!(
+            "refusing a WebSocket upgrade on {} from {}: {refusal}",
+            req.path(),
+            remote.as_deref().unwrap_or("-")
+        );
+        Refusal::new(StatusCode::FORBIDDEN, "forbidden_origin", refusal.to_string())
+    })
+}
+
+// --- end of the origin allow-list ---
+
 /// An X-Forwarded-For entry as an IP: `1.2.3.4`, `1.2.3.4:5`, `::1` or `[::1]:5`.
 fn forwarded_ip(entry: &str) -> Option<IpAddr> {
     entry
@@ -179,11 +211,11 @@ impl Upgrader {
     /// Decide on one handshake: everything a session needs, or why not.
     async fn admit(&self, req: &Request) -> Result<AdmittedSession, Refusal> {
         let mut path = Path::new(Url::new(req.uri().clone()));
-        let Some(route) = self
+        let Some((route, origins)) = self
             .routes
             .iter()
-            .find(|(pattern, _)| pattern.capture_match_info(&mut path))
-            .map(|(_, route)| route.clone())
+            .find(|(pattern, ..)| pattern.capture_match_info(&mut path))
+            .map(|(_, route, origins)| (route.clone(), origins))
         else {
             return Err(Refusal::new(
                 StatusCode::NOT_FOUND,
@@ -192,6 +224,7 @@ impl Upgrader {
             ));
         };
         check_handshake(req.head())?;
+        check_origin(req, origins, &route.trusted_proxies)?;
         let live = route.sessions.live();
         if live >= self.max_connections {
             log::warn!(
@@ -257,7 +290,7 @@ impl Upgrader {
                     ))
                 }
                 Ok(Err(e)) => {
-                    log::warn!("id={id} connect check failed: {e}");
+                    log::warn!(id:% = id; "connect check failed: {e}");
                     return Err(bad_gateway());
                 }
                 Err(_) => return Err(bad_gateway()),

@@ -130,7 +130,7 @@ impl Handler<Authorize> for Authorizer {
             .map(
                 move |result: Result<HashSet<String>, BackendError>, act, _| {
                     let granted = result.unwrap_or_else(|e| {
-                        log::warn!("id={id} authorization hook {url} failed, denying: {e}");
+                        log::warn!(id:% = id; "authorization hook {url} failed, denying: {e}");
                         HashSet::new()
                     });
                     if act.cache.len() >= CACHE_CAP && act.swept.elapsed() >= act.ttl {

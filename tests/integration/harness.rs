@@ -66,9 +66,13 @@ pub fn start_with_env(config: &str, args: &[&str], env: &[(&str, &str)]) -> HubP
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             if let Some(rest) = line.split("listening websocket=").nth(1) {
+                // The address ends at a space or, in a JSON log line, at the closing quote.
+                let addr = |text: &str| -> SocketAddr {
+                    text.split(['"', ' ']).next().unwrap().trim().parse().unwrap()
+                };
                 let mut parts = rest.split(" push=");
-                let ws: SocketAddr = parts.next().unwrap().trim().parse().unwrap();
-                let push: SocketAddr = parts.next().unwrap().trim().parse().unwrap();
+                let ws = addr(parts.next().unwrap());
+                let push = addr(parts.next().unwrap());
                 let _ = tx.send((ws, push));
             }
             let mut log = sink.lock().unwrap();
@@ -178,6 +182,15 @@ impl Drop for HubProcess {
 
 /// Run the binary with a config and flags and return (exit code, stderr), expecting it to exit.
 pub fn run_to_exit(config: &str, args: &[&str]) -> (Option<i32>, String) {
+    run_to_exit_with_env(config, args, &[])
+}
+
+/// [`run_to_exit`] with these environment variables.
+pub fn run_to_exit_with_env(
+    config: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("config.toml");
     std::fs::write(&path, config).expect("write config");
@@ -185,6 +198,7 @@ pub fn run_to_exit(config: &str, args: &[&str]) -> (Option<i32>, String) {
         .arg("--config")
         .arg(&path)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("run switchboard");

@@ -15,5 +15,6 @@ mod jsonrpc;
 mod lifecycle;
 mod mock_backend;
 mod nginx;
+mod ops;
 mod push_api;
 mod relay;
