@@ -203,3 +203,53 @@ async fn the_sample_page_echoes_subscribes_and_shows_deliveries() {
     let _ = page.ws.close(None).await;
     let _ = page.ws.next().await;
 }
+
+/// Whether the log has an entry marked as an error (red).
+const LOG_HAS_ERROR: &str =
+    "((log) => [...document.querySelectorAll(log + ' .entry.err')].map(e => e.textContent))";
+
+#[actix_web::test]
+#[cfg_attr(missing_chromium, ignore = "chromium is not installed")]
+async fn in_the_demo_config_connect_then_publish_shows_a_delivery_from_the_backend() {
+    let binary = chromium().expect("chromium is not installed (apt-get install chromium)");
+    // The demo config itself, with the push API on the page's listener as it sets it.
+    let config = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
+        .expect("read config.toml");
+    let hub = start_with_args(
+        &config,
+        &["--listen", "127.0.0.1:0", "--push-listen", "127.0.0.1:0"],
+    );
+    assert_eq!(hub.ws, hub.push, "the demo config shares one listener");
+    let (_browser, port) = launch(binary, &hub.http_url("/"));
+    let mut page = open_page(port).await;
+    page.wait_until("document.readyState === 'complete' && document.querySelector('#rpc-connect')")
+        .await;
+
+    // The first natural clicks: Connect, then Publish.
+    page.eval("document.querySelector('#rpc-connect').click()")
+        .await;
+    page.wait_until("document.querySelector('#rpc-status').dataset.state === 'open'")
+        .await;
+    page.eval("document.querySelector('#data').value = '{\"note\": \"from the page backend\"}'; document.querySelector('#publish').click()").await;
+    page.wait_until(&format!(
+        "{LOG_HAS}('#rpc-log', 'in', 'published: reached 1')"
+    ))
+    .await;
+    page.wait_until(&format!(
+        "{LOG_HAS}('#rpc-log', 'in', 'from the page backend')"
+    ))
+    .await;
+    assert_eq!(
+        page.eval(&format!("{LOG_HAS_ERROR}('#rpc-log')")).await,
+        json!([]),
+        "no red entry in the log"
+    );
+    // The hub saw a subscriber on lobby (the page subscribed itself) and the publish.
+    let channels = get(&hub, "/api/channels").await;
+    assert_eq!(
+        channels.json["channels"],
+        json!([{"name": "lobby", "subscribers": 1}])
+    );
+    let _ = page.ws.close(None).await;
+    let _ = page.ws.next().await;
+}
