@@ -59,6 +59,22 @@ pub struct AuthorizationConfig {
     /// Deadline for one question; a hook that does not answer in time denies.
     #[serde(deserialize_with = "positive")]
     pub timeout_ms: NonZeroU64,
+    /// A bearer token sent to the hook (`Authorization: Bearer ...`), so the application can
+    /// tell the hub's questions from anyone else's; exclusive with `token_file`.
+    pub token: Option<String>,
+    /// A file holding that token (surrounding whitespace trimmed), so the secret need not sit
+    /// in the config file.
+    pub token_file: Option<PathBuf>,
+    /// The token in effect, once [`Config::resolve_secrets`] has read its sources.
+    #[serde(skip)]
+    resolved_token: Option<ResolvedToken>,
+}
+
+impl AuthorizationConfig {
+    /// The bearer token sent to the hook, from `token_file` or `token`.
+    pub fn token(&self) -> Option<&str> {
+        ResolvedToken::in_effect(&self.resolved_token, &self.token)
+    }
 }
 
 impl Default for AuthorizationConfig {
@@ -67,6 +83,9 @@ impl Default for AuthorizationConfig {
             url: None,
             cache_ms: 0,
             timeout_ms: NonZeroU64::new(5_000).expect("positive literal"),
+            token: None,
+            token_file: None,
+            resolved_token: None,
         }
     }
 }
@@ -142,16 +161,26 @@ pub struct PushConfig {
     /// with 408 and disconnected instead of holding a connection open.
     #[serde(deserialize_with = "positive")]
     pub body_timeout_ms: NonZeroU64,
-    /// The token in effect, once [`Config::resolve_push_token`] has read its sources.
+    /// The token in effect, once [`Config::resolve_secrets`] has read its sources.
     #[serde(skip)]
     resolved_token: Option<ResolvedToken>,
 }
 
-/// The push token after its sources were read.
-#[derive(Debug, Clone)]
+/// A token after its sources (the environment, a file, the key) were read.
+#[derive(Debug, Clone, Default)]
 struct ResolvedToken {
     /// The secret, if any source gave one.
     value: Option<String>,
+}
+
+impl ResolvedToken {
+    /// The resolved secret or, before resolution, the key's own value.
+    fn in_effect<'a>(resolved: &'a Option<Self>, key: &'a Option<String>) -> Option<&'a str> {
+        match resolved {
+            Some(resolved) => resolved.value.as_deref(),
+            None => key.as_deref(),
+        }
+    }
 }
 
 /// The environment variable that holds the push token. It wins over `push.token_file` and
@@ -174,12 +203,9 @@ impl Default for PushConfig {
 
 impl PushConfig {
     /// The bearer token in effect: from [`PUSH_TOKEN_ENV`], else `token_file`, else `token`
-    /// (as resolved by [`Config::resolve_push_token`]; before that, `token`).
+    /// (as resolved by [`Config::resolve_secrets`]; before that, `token`).
     pub fn token(&self) -> Option<&str> {
-        match &self.resolved_token {
-            Some(resolved) => resolved.value.as_deref(),
-            None => self.token.as_deref(),
-        }
+        ResolvedToken::in_effect(&self.resolved_token, &self.token)
     }
 
     /// The deadline for reading one request body.
@@ -393,6 +419,23 @@ pub struct RouteConfig {
     /// `server.require_origin`.
     #[serde(default)]
     pub require_origin: Option<bool>,
+    /// A bearer token sent to the connect hook, so the application can tell the hub's calls
+    /// from anyone else's; exclusive with `accept_token_file`.
+    #[serde(default)]
+    pub accept_token: Option<String>,
+    /// A file holding that token (surrounding whitespace trimmed).
+    #[serde(default)]
+    pub accept_token_file: Option<PathBuf>,
+    /// The token in effect, once [`Config::resolve_secrets`] has read its sources.
+    #[serde(skip)]
+    resolved_accept_token: Option<ResolvedToken>,
+}
+
+impl RouteConfig {
+    /// The bearer token sent to the connect hook, from `accept_token_file` or `accept_token`.
+    pub fn accept_token(&self) -> Option<&str> {
+        ResolvedToken::in_effect(&self.resolved_accept_token, &self.accept_token)
+    }
 }
 
 /// The `[log]` section.
@@ -436,6 +479,9 @@ fn default_routes() -> Vec<RouteConfig> {
             accept_url: None,
             allowed_origins: None,
             require_origin: None,
+            accept_token: None,
+            accept_token_file: None,
+            resolved_accept_token: None,
         },
         RouteConfig {
             path: "/rpc".to_owned(),
@@ -446,6 +492,9 @@ fn default_routes() -> Vec<RouteConfig> {
             accept_url: None,
             allowed_origins: None,
             require_origin: None,
+            accept_token: None,
+            accept_token_file: None,
+            resolved_accept_token: None,
         },
     ]
 }
@@ -666,6 +715,37 @@ pub enum ConfigError {
     },
 }
 
+/// A secret given as a key or as a file naming it (exclusive): the file's contents, trimmed,
+/// or the key's value. The error names the key: both set, a file that cannot be read or is
+/// empty.
+fn read_secret(
+    origin: &str,
+    (key, value): (&str, &Option<String>),
+    (file_key, file): (&str, &Option<PathBuf>),
+) -> Result<Option<String>, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        origin: origin.to_owned(),
+        key: file_key.to_owned(),
+        message,
+    };
+    let Some(path) = file else {
+        return Ok(value.clone());
+    };
+    if value.is_some() {
+        return Err(invalid(format!("and {key} are both set; keep one of them")));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(format!("cannot read `{}`: {e}", path.display())))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(invalid(format!(
+            "`{}` is empty; put the secret in it",
+            path.display()
+        )));
+    }
+    Ok(Some(text.to_owned()))
+}
+
 /// Paths the push API owns when it shares the WebSocket listener.
 const PUSH_PATHS: [&str; 3] = ["/api", "/healthz", "/readyz"];
 
@@ -676,7 +756,7 @@ const PUSH_PATHS: [&str; 3] = ["/api", "/healthz", "/readyz"];
 pub const ENV_PREFIX: &str = "SWITCHBOARD_";
 
 /// Variables with [`ENV_PREFIX`] that are not config keys: the push token (read by
-/// [`Config::resolve_push_token`], where it wins over `push.token` and `push.token_file`) and
+/// [`Config::resolve_secrets`], where it wins over `push.token` and `push.token_file`) and
 /// the operator commands' own variables.
 const ENV_NOT_KEYS: [&str; 3] = [PUSH_TOKEN_ENV, "SWITCHBOARD_PUSH_URL", "SWITCHBOARD_TOKEN"];
 
@@ -844,7 +924,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let origin = path.display().to_string();
         let mut config = Self::read_layered(path, &EnvOverrides::from_env())?;
-        config.resolve_push_token(&origin, std::env::var(PUSH_TOKEN_ENV).ok())?;
+        config.resolve_secrets(&origin, std::env::var(PUSH_TOKEN_ENV).ok())?;
         config.validate(&origin)?;
         Ok(config)
     }
@@ -964,16 +1044,17 @@ impl Config {
     /// is not.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let mut config = Self::parse(text, origin)?;
-        config.resolve_push_token(origin, None)?;
+        config.resolve_secrets(origin, None)?;
         config.validate(origin)?;
         Ok(config)
     }
 
-    /// Settle the push token from its sources, highest first: `env` (the value of
-    /// [`PUSH_TOKEN_ENV`], if set), then the contents of `push.token_file` (trimmed), then
-    /// `push.token`. Setting both `token` and `token_file` is an error, as is a source that is
-    /// empty or a file that cannot be read.
-    pub fn resolve_push_token(
+    /// Settle the secrets from their sources. The push token, highest first: `env` (the
+    /// value of [`PUSH_TOKEN_ENV`], if set), then the contents of `push.token_file` (trimmed),
+    /// then `push.token`. The hook tokens: `authorization.token_file` or `authorization.token`,
+    /// and each route's `accept_token_file` or `accept_token`. Setting both a token and its
+    /// file is an error, as is a source that is empty or a file that cannot be read.
+    pub fn resolve_secrets(
         &mut self,
         origin: &str,
         env: Option<String>,
@@ -983,13 +1064,27 @@ impl Config {
             key: key.to_owned(),
             message,
         };
-        let push = &self.push;
-        if push.token.is_some() && push.token_file.is_some() {
-            return Err(invalid(
-                "push.token_file",
-                "and push.token are both set; keep one of them".into(),
-            ));
+        let authorization = &self.authorization;
+        let value = read_secret(
+            origin,
+            ("authorization.token", &authorization.token),
+            ("authorization.token_file", &authorization.token_file),
+        )?;
+        self.authorization.resolved_token = Some(ResolvedToken { value });
+        for (i, route) in self.routes.iter_mut().enumerate() {
+            let value = read_secret(
+                origin,
+                (&format!("routes[{i}].accept_token"), &route.accept_token),
+                (&format!("routes[{i}].accept_token_file"), &route.accept_token_file),
+            )?;
+            route.resolved_accept_token = Some(ResolvedToken { value });
         }
+        let push = &self.push;
+        let from_file = read_secret(
+            origin,
+            ("push.token", &push.token),
+            ("push.token_file", &push.token_file),
+        )?;
         let value = if let Some(env) = env {
             let env = env.trim();
             if env.is_empty() {
@@ -999,23 +1094,8 @@ impl Config {
                 ));
             }
             Some(env.to_owned())
-        } else if let Some(path) = &push.token_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                invalid(
-                    "push.token_file",
-                    format!("cannot read `{}`: {e}", path.display()),
-                )
-            })?;
-            let text = text.trim();
-            if text.is_empty() {
-                return Err(invalid(
-                    "push.token_file",
-                    format!("`{}` is empty; put the secret in it", path.display()),
-                ));
-            }
-            Some(text.to_owned())
         } else {
-            push.token.clone()
+            from_file
         };
         self.push.resolved_token = Some(ResolvedToken { value });
         Ok(())
@@ -1055,12 +1135,56 @@ impl Config {
                 "is empty; remove the key or set a secret".into(),
             ));
         }
-        if push.token_file.is_some() && push.resolved_token.is_none() {
-            // A config built with `parse` alone would otherwise run without its token.
+        // A config built with `parse` alone would otherwise run without its tokens.
+        let mut unread = vec![(
+            "push.token_file".to_owned(),
+            push.token_file.is_some() && push.resolved_token.is_none(),
+        )];
+        unread.push((
+            "authorization.token_file".to_owned(),
+            self.authorization.token_file.is_some() && self.authorization.resolved_token.is_none(),
+        ));
+        for (i, route) in self.routes.iter().enumerate() {
+            unread.push((
+                format!("routes[{i}].accept_token_file"),
+                route.accept_token_file.is_some() && route.resolved_accept_token.is_none(),
+            ));
+        }
+        if let Some((key, _)) = unread.into_iter().find(|(_, unread)| *unread) {
             return Err(invalid(
-                "push.token_file",
+                &key,
                 "has not been read: load the config with Config::load or from_toml".into(),
             ));
+        }
+        // (token key, its value, whether its file is set, whether the hook's URL is set).
+        let authorization = &self.authorization;
+        let mut hook_tokens = vec![(
+            "authorization.token".to_owned(),
+            authorization.token.as_deref(),
+            authorization.token_file.is_some(),
+            authorization.url.is_some(),
+        )];
+        for (i, route) in self.routes.iter().enumerate() {
+            hook_tokens.push((
+                format!("routes[{i}].accept_token"),
+                route.accept_token.as_deref(),
+                route.accept_token_file.is_some(),
+                route.accept_url.is_some(),
+            ));
+        }
+        for (key, token, file, hooked) in hook_tokens {
+            if token.is_some_and(|t| t.trim().is_empty()) {
+                return Err(invalid(
+                    &key,
+                    "is empty; remove the key or set a secret".into(),
+                ));
+            }
+            if (token.is_some() || file) && !hooked {
+                return Err(invalid(
+                    &key,
+                    "is sent to the hook, and no hook URL is set for it".into(),
+                ));
+            }
         }
         if push.token().is_none() && !push.listen.0.ip().is_loopback() {
             return Err(invalid(
@@ -1275,7 +1399,7 @@ mod tests {
         );
         let resolved = |text: &str, env: Option<&str>| {
             let mut config = Config::parse(text, "test.toml").unwrap();
-            config.resolve_push_token("test.toml", env.map(str::to_owned))?;
+            config.resolve_secrets("test.toml", env.map(str::to_owned))?;
             config.validate("test.toml")?;
             Ok::<_, ConfigError>(config.push.token().map(str::to_owned))
         };

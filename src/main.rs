@@ -233,7 +233,7 @@ fn load(cli: &Cli) -> anyhow::Result<(Config, Option<String>)> {
     if let Some(level) = &cli.log_level {
         config.log.level = level.clone();
     }
-    config.resolve_push_token(&origin, std::env::var(PUSH_TOKEN_ENV).ok())?;
+    config.resolve_secrets(&origin, std::env::var(PUSH_TOKEN_ENV).ok())?;
     config.validate(&origin)?;
     Ok((config, path.is_some().then_some(origin)))
 }

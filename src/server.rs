@@ -26,7 +26,7 @@ use crate::push::{self, PushSettings};
 use crate::readiness::{NotReady, Readiness};
 use crate::session::RouteContext;
 use crate::shutdown;
-use crate::upgrade::{self, Upgrader};
+use crate::upgrade::{self, UpgradeRoute, Upgrader};
 
 /// The sample page, embedded so the binary serves it from any working directory.
 const PAGE: &str = include_str!("../static/index.html");
@@ -220,9 +220,11 @@ pub async fn run_with_readiness(
                     routes: routes
                         .iter()
                         .enumerate()
-                        .map(|(i, route)| {
-                            let pattern = ResourceDef::new(&*route.path);
-                            (pattern, route.clone().into_inner(), config.handshake_origins(i))
+                        .map(|(i, route)| UpgradeRoute {
+                            pattern: ResourceDef::new(&*route.path),
+                            context: route.clone().into_inner(),
+                            origins: config.handshake_origins(i),
+                            accept_token: config.routes[i].accept_token().map(str::to_owned),
                         })
                         .collect(),
                     backend: backend.clone(),

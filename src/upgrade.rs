@@ -33,9 +33,8 @@ use crate::session::{self, RouteContext, SessionSetup};
 
 /// The upgrade's view of one worker: the routes and this worker's backend and hooks.
 pub(crate) struct Upgrader {
-    /// Each WebSocket route with its path pattern (`{id}` segments are captured) and the
-    /// origins whose pages may open it.
-    pub routes: Vec<(ResourceDef, Arc<RouteContext>, OriginRule)>,
+    /// Each WebSocket route, in config order.
+    pub routes: Vec<UpgradeRoute>,
     /// This worker's backend.
     pub backend: Backend,
     /// This worker's authorization hook.
@@ -44,6 +43,18 @@ pub(crate) struct Upgrader {
     pub admission: Option<Addr<ConnectHook>>,
     /// WebSocket connections allowed at once in the process.
     pub max_connections: usize,
+}
+
+/// What the upgrade knows of one route.
+pub(crate) struct UpgradeRoute {
+    /// The path pattern (`{id}` segments are captured).
+    pub pattern: ResourceDef,
+    /// What the route's sessions share.
+    pub context: Arc<RouteContext>,
+    /// The origins whose pages may open it.
+    pub origins: OriginRule,
+    /// The bearer token sent to its connect hook (`routes[i].accept_token`), if set.
+    pub accept_token: Option<String>,
 }
 
 /// A refused upgrade: the status, a JSON body, and any extra header.
@@ -211,11 +222,10 @@ impl Upgrader {
     /// Decide on one handshake: everything a session needs, or why not.
     async fn admit(&self, req: &Request) -> Result<AdmittedSession, Refusal> {
         let mut path = Path::new(Url::new(req.uri().clone()));
-        let Some((route, origins)) = self
+        let Some(entry) = self
             .routes
             .iter()
-            .find(|(pattern, ..)| pattern.capture_match_info(&mut path))
-            .map(|(_, route, origins)| (route.clone(), origins))
+            .find(|entry| entry.pattern.capture_match_info(&mut path))
         else {
             return Err(Refusal::new(
                 StatusCode::NOT_FOUND,
@@ -224,7 +234,8 @@ impl Upgrader {
             ));
         };
         check_handshake(req.head())?;
-        check_origin(req, origins, &route.trusted_proxies)?;
+        let route = entry.context.clone();
+        check_origin(req, &entry.origins, &route.trusted_proxies)?;
         let live = route.sessions.live();
         if live >= self.max_connections {
             log::warn!(
@@ -310,6 +321,7 @@ impl Upgrader {
             let admit = Admit {
                 url: url.clone(),
                 handshake,
+                token: entry.accept_token.clone(),
             };
             let refused = |status: StatusCode| {
                 Refusal::new(

@@ -386,3 +386,58 @@ async fn json_logs_are_one_object_per_line_with_the_connection_id() {
     let ts = disconnect["timestamp"].as_str().unwrap();
     assert!(ts.ends_with('Z') && ts.contains('T'), "{ts}");
 }
+
+#[actix_web::test]
+async fn hook_tokens_come_from_a_file_or_the_environment() {
+    let backend = crate::mock_backend::MockBackend::start();
+    let config = format!(
+        "[server]\npage = false\n[authorization]\nurl = \"{}\"\n[[routes]]\npath = \"/websocket/\"\ndialect = \"groups\"\naccept_url = \"{}\"\n",
+        backend.url("/auth"),
+        backend.url("/accept")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("accept.secret");
+    std::fs::write(&file, "  accept-from-file\n").unwrap();
+    let file = file.display().to_string();
+    let hub = start_with_env(
+        &config,
+        &["--listen", "127.0.0.1:0", "--push-listen", "127.0.0.2:0"],
+        &[
+            ("SWITCHBOARD_AUTHORIZATION_TOKEN", "auth-from-env"),
+            ("SWITCHBOARD_ROUTES_0_ACCEPT_TOKEN_FILE", &file),
+        ],
+    );
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = hub.ws_url("/websocket/").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Cookie", "sessionid=good".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(next_json(&mut ws).await, json!({"accept": true, "user": 42}));
+    let reply = call(&mut ws, json!({"groups": {"jobs": ["summary"]}})).await;
+    assert_eq!(reply["groups_current"], json!(["jobs-summary"]));
+    let received = backend.received();
+    let header = |path: &str| {
+        received
+            .iter()
+            .find(|r| r.path == path)
+            .unwrap_or_else(|| panic!("{path} was not called"))
+            .header("authorization")
+            .map(str::to_owned)
+    };
+    assert_eq!(header("/accept").as_deref(), Some("Bearer accept-from-file"));
+    assert_eq!(header("/auth").as_deref(), Some("Bearer auth-from-env"));
+
+    // A token for a hook that is not configured, and an unreadable file, are refused by key.
+    let args = ["--listen", "127.0.0.1:0", "--push-listen", "127.0.0.2:0"];
+    let (code, stderr) = run_to_exit("[authorization]\ntoken = \"x\"\n", &args);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("`authorization.token`"), "{stderr}");
+    let (code, stderr) = run_to_exit_with_env(
+        &config,
+        &args,
+        &[("SWITCHBOARD_ROUTES_0_ACCEPT_TOKEN_FILE", "/nonexistent/secret")],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("`routes[0].accept_token_file`"), "{stderr}");
+}
