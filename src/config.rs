@@ -808,7 +808,9 @@ impl EnvOverrides {
     pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
         let mut vars: Vec<(String, String)> = pairs
             .into_iter()
-            .filter(|(name, _)| name.starts_with(ENV_PREFIX) && !ENV_NOT_KEYS.contains(&name.as_str()))
+            .filter(|(name, _)| {
+                name.starts_with(ENV_PREFIX) && !ENV_NOT_KEYS.contains(&name.as_str())
+            })
             .collect();
         vars.sort_by_key(|(name, _)| (name != "SWITCHBOARD_ROUTES", name.clone()));
         Self { vars }
@@ -955,7 +957,11 @@ impl Config {
     /// [`Config::parse`] with `env`'s keys applied over the text. An error about a key the
     /// environment set names the key and the variable; any other names the key and, when the
     /// file alone has it, the file's line.
-    pub fn parse_layered(text: &str, origin: &str, env: &EnvOverrides) -> Result<Self, ConfigError> {
+    pub fn parse_layered(
+        text: &str,
+        origin: &str,
+        env: &EnvOverrides,
+    ) -> Result<Self, ConfigError> {
         if env.is_empty() {
             return Self::parse(text, origin);
         }
@@ -1075,7 +1081,10 @@ impl Config {
             let value = read_secret(
                 origin,
                 (&format!("routes[{i}].accept_token"), &route.accept_token),
-                (&format!("routes[{i}].accept_token_file"), &route.accept_token_file),
+                (
+                    &format!("routes[{i}].accept_token_file"),
+                    &route.accept_token_file,
+                ),
             )?;
             route.resolved_accept_token = Some(ResolvedToken { value });
         }
@@ -1195,10 +1204,22 @@ impl Config {
                 ),
             ));
         }
-        let mut origin_lists = vec![("server.allowed_origins".to_owned(), true, &self.server.allowed_origins)];
-        origin_lists.push(("push.allowed_origins".to_owned(), false, &push.allowed_origins));
+        let mut origin_lists = vec![(
+            "server.allowed_origins".to_owned(),
+            true,
+            &self.server.allowed_origins,
+        )];
+        origin_lists.push((
+            "push.allowed_origins".to_owned(),
+            false,
+            &push.allowed_origins,
+        ));
         for (i, route) in self.routes.iter().enumerate() {
-            origin_lists.push((format!("routes[{i}].allowed_origins"), true, &route.allowed_origins));
+            origin_lists.push((
+                format!("routes[{i}].allowed_origins"),
+                true,
+                &route.allowed_origins,
+            ));
         }
         for (key, honour_any, list) in origin_lists {
             if let Err((i, e)) = OriginRule::new(list.as_deref(), honour_any, false, &key) {
@@ -1318,8 +1339,12 @@ impl Config {
         };
         match &self.push.allowed_origins {
             Some(list) => rule(Some(list), false, "push.allowed_origins"),
-            None => rule(self.server.allowed_origins.as_ref(), true, "server.allowed_origins")
-                .without_any("push.allowed_origins"),
+            None => rule(
+                self.server.allowed_origins.as_ref(),
+                true,
+                "server.allowed_origins",
+            )
+            .without_any("push.allowed_origins"),
         }
     }
 
@@ -1810,5 +1835,177 @@ mod tests {
         let err = check("[limits]\nmax_batchs = 5\n").unwrap_err().to_string();
         assert!(err.contains("max_batchs"), "{err}");
         check("[limits]\nmax_subscription_bytes = 256\nmax_channels = 1\nmax_batch = 1\n").unwrap();
+    }
+
+    fn layered(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = EnvOverrides::from_pairs(
+            vars.iter()
+                .map(|(name, value)| (name.to_string(), value.to_string())),
+        );
+        Config::parse_layered(text, "test.toml", &env)
+    }
+
+    #[test]
+    fn environment_keys_are_typed_and_win_over_the_file() {
+        let config = layered(
+            "[server]\nworkers = 2\n[[routes]]\npath = \"/a\"\ndialect = \"raw\"\n",
+            &[
+                ("SWITCHBOARD_SERVER_WORKERS", "4"),
+                ("SWITCHBOARD_SERVER_LISTEN", "127.0.0.1:9000"),
+                ("SWITCHBOARD_SERVER_PAGE", "false"),
+                (
+                    "SWITCHBOARD_SERVER_ALLOWED_ORIGINS",
+                    "[\"https://a.example\"]",
+                ),
+                ("SWITCHBOARD_ROUTES_0_DIALECT", "jsonrpc"),
+                ("SWITCHBOARD_LOG_FORMAT", "json"),
+                // Not keys: the push token and the CLI's own variables.
+                ("SWITCHBOARD_PUSH_TOKEN", "t"),
+                ("SWITCHBOARD_PUSH_URL", "http://x"),
+                ("SWITCHBOARD_TOKEN", "t"),
+                ("OTHER_VAR", "1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.server.workers, 4);
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:9000");
+        assert!(!config.server.page);
+        assert_eq!(
+            config.server.allowed_origins,
+            Some(vec!["https://a.example".to_owned()])
+        );
+        assert_eq!(config.routes[0].dialect, DialectKind::JsonRpc);
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(
+            config.push.token(),
+            None,
+            "SWITCHBOARD_PUSH_TOKEN is resolved later"
+        );
+    }
+
+    #[test]
+    fn a_whole_routes_array_and_text_that_looks_like_a_number() {
+        let config = layered(
+            "",
+            &[
+                (
+                    "SWITCHBOARD_ROUTES",
+                    "[{ path = \"/x\", dialect = \"raw\" }, { path = \"/y\", dialect = \"topics\" }]",
+                ),
+                ("SWITCHBOARD_ROUTES_1_STRICT", "true"),
+                ("SWITCHBOARD_PUSH_TOKEN_FILE", "2024"),
+            ],
+        )
+        .unwrap();
+        let paths: Vec<&str> = config.routes.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["/x", "/y"]);
+        assert!(config.routes[1].strict);
+        assert_eq!(config.push.token_file, Some(PathBuf::from("2024")));
+    }
+
+    #[test]
+    fn environment_errors_name_the_key_and_the_variable() {
+        for (vars, needles) in [
+            (
+                &[("SWITCHBOARD_LIMITS_MAX_BATCH", "0")][..],
+                &["environment: `limits.max_batch` (SWITCHBOARD_LIMITS_MAX_BATCH): 0 is out of range"][..],
+            ),
+            (
+                &[("SWITCHBOARD_SERVER_LISTEN", "nowhere")],
+                &["`server.listen` (SWITCHBOARD_SERVER_LISTEN)", "nowhere"],
+            ),
+            (
+                &[("SWITCHBOARD_LIMITS_MAX_BATCHS", "5")],
+                &["SWITCHBOARD_LIMITS_MAX_BATCHS", "max_batchs"],
+            ),
+            (&[("SWITCHBOARD_LIMITS", "5")], &["SWITCHBOARD_LIMITS", "no key"]),
+            (&[("SWITCHBOARD_X_Y", "5")], &["SWITCHBOARD_X_Y", "no config section"]),
+            (&[("SWITCHBOARD_ROUTES_A_PATH", "/x")], &["SWITCHBOARD_ROUTES_<INDEX>_<KEY>"]),
+            (&[("SWITCHBOARD_ROUTES_0_PATH", "/x")], &["there is no routes[0]"]),
+        ] {
+            let err = layered("", vars).unwrap_err().to_string();
+            for needle in needles {
+                assert!(err.contains(needle), "{vars:?}: {needle:?} not in {err}");
+            }
+        }
+        // A mistake of the file itself keeps its line.
+        let err = layered(
+            "[server]\npage = true\n\n[limits]\nmax_batch = 0\n",
+            &[("SWITCHBOARD_SERVER_WORKERS", "1")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("test.toml: `limits.max_batch`") && err.contains("line 5"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hook_tokens_are_read_from_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hook");
+        std::fs::write(&file, "\n hook-secret \n").unwrap();
+        let text = format!(
+            "[authorization]\nurl = \"http://127.0.0.1:9/auth\"\ntoken_file = {:?}\n[[routes]]\npath = \"/g\"\ndialect = \"groups\"\naccept_url = \"http://127.0.0.1:9/a\"\naccept_token = \"t\"\n",
+            file.display().to_string()
+        );
+        let config = check(&text).unwrap();
+        assert_eq!(config.authorization.token(), Some("hook-secret"));
+        assert_eq!(config.routes[0].accept_token(), Some("t"));
+        let both = text.replace(
+            "accept_token = \"t\"",
+            &format!(
+                "accept_token = \"t\"\naccept_token_file = {:?}",
+                file.display().to_string()
+            ),
+        );
+        let err = check(&both).unwrap_err().to_string();
+        assert!(
+            err.contains("`routes[0].accept_token_file`") && err.contains("both"),
+            "{err}"
+        );
+        let err = check("[authorization]\ntoken = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`authorization.token`"), "{err}");
+        let err = check(&text.replace("accept_token = \"t\"", "accept_token = \" \""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`routes[0].accept_token`") && err.contains("empty"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn origin_lists_are_checked_with_their_index() {
+        for (text, key) in [
+            ("[server]\nallowed_origins = [\"*\", \"nope\"]\n", "`server.allowed_origins[1]`"),
+            ("[push]\nallowed_origins = [\"*\"]\n", "`push.allowed_origins[0]`"),
+            (
+                "[[routes]]\npath = \"/x\"\ndialect = \"raw\"\nallowed_origins = [\"https://a/\"]\n",
+                "`routes[0].allowed_origins[0]`",
+            ),
+        ] {
+            let err = check(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let config = check(
+            "[server]\nallowed_origins = [\"*\", \"https://a.example\"]\nrequire_origin = true\n[[routes]]\npath = \"/x\"\ndialect = \"raw\"\n[[routes]]\npath = \"/y\"\ndialect = \"raw\"\nallowed_origins = []\nrequire_origin = false\n",
+        )
+        .unwrap();
+        let x = config.handshake_origins(0);
+        assert!(x.check(["http://any.example"], None).is_ok());
+        assert!(x.check([], None).is_err(), "the server requires an Origin");
+        let y = config.handshake_origins(1);
+        assert!(y.check(["https://a.example"], None).is_err());
+        assert!(y.check([], None).is_ok());
+        let push = config.push_origins();
+        assert!(
+            push.check(["http://any.example"], None).is_err(),
+            "never `*`"
+        );
+        assert!(push.check(["https://a.example"], None).is_ok());
     }
 }

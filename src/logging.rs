@@ -37,7 +37,10 @@ pub fn init(level: &str, format: LogFormat) {
             let mut fields = Fields::default();
             let _ = record.key_values().visit(&mut fields);
             let mut line = fields.0;
-            line.insert("timestamp".into(), buf.timestamp_micros().to_string().into());
+            line.insert(
+                "timestamp".into(),
+                buf.timestamp_micros().to_string().into(),
+            );
             line.insert("level".into(), record.level().as_str().into());
             line.insert("target".into(), record.target().into());
             line.insert("message".into(), record.args().to_string().into());

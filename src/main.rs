@@ -220,7 +220,10 @@ fn load(cli: &Cli) -> anyhow::Result<(Config, Option<String>)> {
     };
     if !env.is_empty() {
         // A rule between keys may involve one the environment set.
-        origin = format!("{origin} with {} from the environment", env.names().join(", "));
+        origin = format!(
+            "{origin} with {} from the environment",
+            env.names().join(", ")
+        );
     }
     if let Some(listen) = &cli.listen {
         config.server.listen =

@@ -497,29 +497,52 @@ mod tests {
     #[test]
     fn without_a_list_only_the_pages_own_origin_passes() {
         let rule = rule(None, false);
-        assert!(rule.check(["http://127.0.0.1:8080"], Some("127.0.0.1:8080")).is_ok());
-        assert!(rule.check(["https://Hub.Example.com"], Some("hub.example.com")).is_ok());
-        assert!(rule.check(["http://hub.example.com"], Some("hub.example.com:80")).is_ok());
+        assert!(rule
+            .check(["http://127.0.0.1:8080"], Some("127.0.0.1:8080"))
+            .is_ok());
+        assert!(rule
+            .check(["https://Hub.Example.com"], Some("hub.example.com"))
+            .is_ok());
+        assert!(rule
+            .check(["http://hub.example.com"], Some("hub.example.com:80"))
+            .is_ok());
         let refused = rule.check(["http://evil.example"], Some("127.0.0.1:8080"));
         assert_eq!(
             refused.unwrap_err().to_string(),
             "origin `http://evil.example` is not allowed: add it to server.allowed_origins"
         );
-        assert!(rule.check(["http://127.0.0.1:8081"], Some("127.0.0.1:8080")).is_err());
-        assert!(rule.check(["https://hub.example.com"], Some("hub.example.com:80")).is_err());
+        assert!(rule
+            .check(["http://127.0.0.1:8081"], Some("127.0.0.1:8080"))
+            .is_err());
+        assert!(rule
+            .check(["https://hub.example.com"], Some("hub.example.com:80"))
+            .is_err());
         assert!(rule.check(["null"], Some("127.0.0.1:8080")).is_err());
         assert!(rule.check(["http://127.0.0.1:8080"], None).is_err());
-        assert!(rule.check([], None).is_ok(), "no Origin: not a browser page");
+        assert!(
+            rule.check([], None).is_ok(),
+            "no Origin: not a browser page"
+        );
     }
 
     #[test]
     fn a_list_replaces_the_same_origin_default() {
-        let rule = rule(Some(&["https://*.example.com", "http://localhost:3000"]), false);
-        assert!(rule.check(["https://app.example.com"], Some("ws.example.net")).is_ok());
+        let rule = rule(
+            Some(&["https://*.example.com", "http://localhost:3000"]),
+            false,
+        );
+        assert!(rule
+            .check(["https://app.example.com"], Some("ws.example.net"))
+            .is_ok());
         assert!(rule.check(["http://localhost:3000"], None).is_ok());
-        assert!(rule.check(["http://ws.example.net"], Some("ws.example.net")).is_err());
-        assert!(rule.check(["https://app.example.com", "http://evil.example"], None).is_err());
-        let none = OriginRule::new::<&str>(Some(&[]), true, false, "routes[0].allowed_origins").unwrap();
+        assert!(rule
+            .check(["http://ws.example.net"], Some("ws.example.net"))
+            .is_err());
+        assert!(rule
+            .check(["https://app.example.com", "http://evil.example"], None)
+            .is_err());
+        let none =
+            OriginRule::new::<&str>(Some(&[]), true, false, "routes[0].allowed_origins").unwrap();
         assert!(none.check(["http://a.example"], Some("a.example")).is_err());
         assert!(none.check([], None).is_ok());
     }
@@ -528,8 +551,13 @@ mod tests {
     fn a_star_allows_every_origin_where_honoured() {
         let any = rule(Some(&["*"]), false);
         assert!(any.check(["http://evil.example"], None).is_ok());
-        let err = OriginRule::new(Some(&["https://a.example", "*"]), false, false, "push.allowed_origins")
-            .unwrap_err();
+        let err = OriginRule::new(
+            Some(&["https://a.example", "*"]),
+            false,
+            false,
+            "push.allowed_origins",
+        )
+        .unwrap_err();
         assert_eq!(err.0, 1);
         let inherited = any.without_any("push.allowed_origins");
         assert!(inherited.check(["http://evil.example"], None).is_err());
@@ -545,6 +573,10 @@ mod tests {
             OriginRefusal::Missing("server.allowed_origins".into())
         );
         assert!(rule.check(["https://app.example.com"], None).is_ok());
-        assert!(rule.check([], None).unwrap_err().to_string().contains("server.require_origin"));
+        assert!(rule
+            .check([], None)
+            .unwrap_err()
+            .to_string()
+            .contains("server.require_origin"));
     }
 }

@@ -159,7 +159,11 @@ fn check_origin(
             req.path(),
             remote.as_deref().unwrap_or("-")
         );
-        Refusal::new(StatusCode::FORBIDDEN, "forbidden_origin", refusal.to_string())
+        Refusal::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            refusal.to_string(),
+        )
     })
 }
 

@@ -68,7 +68,12 @@ pub fn start_with_env(config: &str, args: &[&str], env: &[(&str, &str)]) -> HubP
             if let Some(rest) = line.split("listening websocket=").nth(1) {
                 // The address ends at a space or, in a JSON log line, at the closing quote.
                 let addr = |text: &str| -> SocketAddr {
-                    text.split(['"', ' ']).next().unwrap().trim().parse().unwrap()
+                    text.split(['"', ' '])
+                        .next()
+                        .unwrap()
+                        .trim()
+                        .parse()
+                        .unwrap()
                 };
                 let mut parts = rest.split(" push=");
                 let ws = addr(parts.next().unwrap());

@@ -90,7 +90,9 @@ async fn the_origin_list_governs_handshakes_per_route() {
     }
     hub.wait_for_log("refusing a WebSocket upgrade on /ws from 127.0.0.1")
         .await;
-    assert!(hub.log().contains("origin `http://evil.example` is not allowed"));
+    assert!(hub
+        .log()
+        .contains("origin `http://evil.example` is not allowed"));
 
     // The route's own list replaces the server's, and it requires an Origin.
     for (origin, status) in [
@@ -110,7 +112,10 @@ async fn the_origin_list_governs_handshakes_per_route() {
             );
         }
         if origin.is_none() {
-            assert!(body["message"].as_str().unwrap().contains("require_origin"), "{body}");
+            assert!(
+                body["message"].as_str().unwrap().contains("require_origin"),
+                "{body}"
+            );
         }
     }
 }
@@ -125,7 +130,10 @@ async fn without_a_list_only_the_pages_own_origin_may_connect() {
     assert_eq!(handshake(hub.ws, "/ws", None).await.0, 101);
     // The push API (another listener, so another origin) refuses the page and the stranger.
     assert_eq!(push_with_origin(&hub, &own).await.status, 403);
-    assert_eq!(push_with_origin(&hub, "http://evil.example").await.status, 403);
+    assert_eq!(
+        push_with_origin(&hub, "http://evil.example").await.status,
+        403
+    );
 }
 
 #[actix_web::test]
@@ -133,7 +141,12 @@ async fn the_push_api_inherits_the_server_list_unless_it_has_its_own() {
     let hub = start(ORIGINS);
     let reply = push_with_origin(&hub, "https://app.example.com").await;
     assert_eq!(reply.status, 200, "{:?}", reply.json);
-    assert_eq!(push_with_origin(&hub, "https://eu.example.org").await.status, 200);
+    assert_eq!(
+        push_with_origin(&hub, "https://eu.example.org")
+            .await
+            .status,
+        200
+    );
     let reply = push_with_origin(&hub, "http://evil.example").await;
     assert_eq!(reply.status, 403);
     assert!(
@@ -153,14 +166,36 @@ async fn the_push_api_inherits_the_server_list_unless_it_has_its_own() {
         "[server]\nallowed_origins = [\"*\"]\n[push]\nallowed_origins = []",
     );
     let hub = start(&config);
-    assert_eq!(handshake(hub.ws, "/ws", Some("http://any.example")).await.0, 101);
-    assert_eq!(push_with_origin(&hub, "https://app.example.com").await.status, 403);
+    assert_eq!(
+        handshake(hub.ws, "/ws", Some("http://any.example")).await.0,
+        101
+    );
+    assert_eq!(
+        push_with_origin(&hub, "https://app.example.com")
+            .await
+            .status,
+        403
+    );
     drop(hub);
-    let config = ORIGINS.replace("https://app.example.com\", ", "*\", \"https://app.example.com\", ");
+    let config = ORIGINS.replace(
+        "https://app.example.com\", ",
+        "*\", \"https://app.example.com\", ",
+    );
     let hub = start(&config);
-    assert_eq!(handshake(hub.ws, "/ws", Some("http://any.example")).await.0, 101);
-    assert_eq!(push_with_origin(&hub, "http://any.example").await.status, 403);
-    assert_eq!(push_with_origin(&hub, "https://app.example.com").await.status, 200);
+    assert_eq!(
+        handshake(hub.ws, "/ws", Some("http://any.example")).await.0,
+        101
+    );
+    assert_eq!(
+        push_with_origin(&hub, "http://any.example").await.status,
+        403
+    );
+    assert_eq!(
+        push_with_origin(&hub, "https://app.example.com")
+            .await
+            .status,
+        200
+    );
 
     let (code, stderr) = run_to_exit(
         "[push]\nallowed_origins = [\"*\"]\n",
@@ -173,7 +208,10 @@ async fn the_push_api_inherits_the_server_list_unless_it_has_its_own() {
         &["--listen", "127.0.0.1:0", "--push-listen", "127.0.0.2:0"],
     );
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("`routes[0].allowed_origins[0]`"), "{stderr}");
+    assert!(
+        stderr.contains("`routes[0].allowed_origins[0]`"),
+        "{stderr}"
+    );
 }
 
 #[actix_web::test]
@@ -184,7 +222,10 @@ async fn readyz_turns_503_before_the_drain_closes_the_sockets() {
     );
     let mut hub = start(&config);
     let reply = get(&hub, "/readyz").await;
-    assert_eq!((reply.status, reply.json.clone()), (200, json!({"status": "ready"})));
+    assert_eq!(
+        (reply.status, reply.json.clone()),
+        (200, json!({"status": "ready"}))
+    );
     let health = get(&hub, "/healthz").await;
     assert_eq!(health.status, 200);
 
@@ -232,7 +273,10 @@ async fn readyz_is_served_wherever_healthz_is() {
     );
     assert_eq!(hub.ws, hub.push, "one shared listener");
     let reply = http("GET", &hub.http_url("/readyz"), None, None).await;
-    assert_eq!((reply.status, reply.json), (200, json!({"status": "ready"})));
+    assert_eq!(
+        (reply.status, reply.json),
+        (200, json!({"status": "ready"}))
+    );
     // A foreign Host is refused as on /healthz (DNS rebinding).
     let reply = raw_http(hub.ws, "GET /readyz HTTP/1.1\r\nHost: evil.example", b"").await;
     assert_eq!(reply.status, 403);
@@ -251,15 +295,27 @@ async fn keys_come_from_the_environment_over_the_file() {
             ("SWITCHBOARD_SERVER_PAGE", "false"),
             ("SWITCHBOARD_ROUTES_0_PATH", "/from-env"),
             ("SWITCHBOARD_LIMITS_MAX_MESSAGE_SIZE", "8"),
-            ("SWITCHBOARD_PUSH_ALLOWED_ORIGINS", r#"["https://env.example"]"#),
+            (
+                "SWITCHBOARD_PUSH_ALLOWED_ORIGINS",
+                r#"["https://env.example"]"#,
+            ),
         ],
     );
-    assert_eq!(http("GET", &hub.http_url("/"), None, None).await.status, 404);
+    assert_eq!(
+        http("GET", &hub.http_url("/"), None, None).await.status,
+        404
+    );
     let mut ws = connect(&hub.ws_url("/from-env")).await;
     send_text(&mut ws, "0123456789").await;
     assert_eq!(expect_close(&mut ws).await.0, 1009, "max_message_size = 8");
-    assert_eq!(push_with_origin(&hub, "https://env.example").await.status, 200);
-    assert_eq!(push_with_origin(&hub, "https://file.example").await.status, 403);
+    assert_eq!(
+        push_with_origin(&hub, "https://env.example").await.status,
+        200
+    );
+    assert_eq!(
+        push_with_origin(&hub, "https://file.example").await.status,
+        403
+    );
 }
 
 #[test]
@@ -274,15 +330,26 @@ fn environment_errors_name_the_key_and_the_variable() {
         (
             "SWITCHBOARD_LIMITS_MAX_BATCH",
             "many",
-            &["`limits.max_batch` (SWITCHBOARD_LIMITS_MAX_BATCH)", "invalid type"],
+            &[
+                "`limits.max_batch` (SWITCHBOARD_LIMITS_MAX_BATCH)",
+                "invalid type",
+            ],
         ),
         (
             "SWITCHBOARD_SERVER_LISTEN_PORT",
             "1",
             &["SWITCHBOARD_SERVER_LISTEN_PORT", "listen_port"],
         ),
-        ("SWITCHBOARD_SERVR_LISTEN", "x", &["SWITCHBOARD_SERVR_LISTEN", "section"]),
-        ("SWITCHBOARD_ROUTES_4_PATH", "/x", &["routes[4]", "SWITCHBOARD_ROUTES_4_PATH"]),
+        (
+            "SWITCHBOARD_SERVR_LISTEN",
+            "x",
+            &["SWITCHBOARD_SERVR_LISTEN", "section"],
+        ),
+        (
+            "SWITCHBOARD_ROUTES_4_PATH",
+            "/x",
+            &["routes[4]", "SWITCHBOARD_ROUTES_4_PATH"],
+        ),
         (
             "SWITCHBOARD_LOG_FORMAT",
             "xml",
@@ -317,7 +384,10 @@ async fn the_push_token_comes_from_a_file_or_the_environment() {
     let args = ["--listen", "127.0.0.1:0", "--push-listen", "127.0.0.2:0"];
     let file_var = file.display().to_string();
     for (env, token) in [
-        (vec![("SWITCHBOARD_PUSH_TOKEN_FILE", file_var.as_str())], "file-secret"),
+        (
+            vec![("SWITCHBOARD_PUSH_TOKEN_FILE", file_var.as_str())],
+            "file-secret",
+        ),
         // A secret that looks like a number is still a string.
         (vec![("SWITCHBOARD_PUSH_TOKEN", "12345")], "12345"),
         (
@@ -332,7 +402,11 @@ async fn the_push_token_comes_from_a_file_or_the_environment() {
         let url = hub.push_url("/api/channels");
         assert_eq!(http("GET", &url, None, None).await.status, 401, "{env:?}");
         assert_eq!(http("GET", &url, Some("wrong"), None).await.status, 401);
-        assert_eq!(http("GET", &url, Some(token), None).await.status, 200, "{env:?}");
+        assert_eq!(
+            http("GET", &url, Some(token), None).await.status,
+            200,
+            "{env:?}"
+        );
     }
     let (code, stderr) = run_to_exit_with_env(
         &demo_config(""),
@@ -340,7 +414,10 @@ async fn the_push_token_comes_from_a_file_or_the_environment() {
         &[("SWITCHBOARD_PUSH_TOKEN_FILE", "/nonexistent/secret")],
     );
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("`push.token_file`") && stderr.contains("cannot read"), "{stderr}");
+    assert!(
+        stderr.contains("`push.token_file`") && stderr.contains("cannot read"),
+        "{stderr}"
+    );
 }
 
 #[actix_web::test]
@@ -379,7 +456,12 @@ async fn json_logs_are_one_object_per_line_with_the_connection_id() {
     );
     let connect = lines
         .iter()
-        .find(|l| l["message"].as_str().unwrap().starts_with("connect route=/ws"))
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("connect route=/ws")
+        })
         .unwrap();
     assert_eq!(connect["id"], id.as_str());
     // The timestamp is RFC 3339 in UTC.
@@ -413,7 +495,10 @@ async fn hook_tokens_come_from_a_file_or_the_environment() {
         .headers_mut()
         .insert("Cookie", "sessionid=good".parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    assert_eq!(next_json(&mut ws).await, json!({"accept": true, "user": 42}));
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"accept": true, "user": 42})
+    );
     let reply = call(&mut ws, json!({"groups": {"jobs": ["summary"]}})).await;
     assert_eq!(reply["groups_current"], json!(["jobs-summary"]));
     let received = backend.received();
@@ -425,7 +510,10 @@ async fn hook_tokens_come_from_a_file_or_the_environment() {
             .header("authorization")
             .map(str::to_owned)
     };
-    assert_eq!(header("/accept").as_deref(), Some("Bearer accept-from-file"));
+    assert_eq!(
+        header("/accept").as_deref(),
+        Some("Bearer accept-from-file")
+    );
     assert_eq!(header("/auth").as_deref(), Some("Bearer auth-from-env"));
 
     // A token for a hook that is not configured, and an unreadable file, are refused by key.
@@ -436,7 +524,10 @@ async fn hook_tokens_come_from_a_file_or_the_environment() {
     let (code, stderr) = run_to_exit_with_env(
         &config,
         &args,
-        &[("SWITCHBOARD_ROUTES_0_ACCEPT_TOKEN_FILE", "/nonexistent/secret")],
+        &[(
+            "SWITCHBOARD_ROUTES_0_ACCEPT_TOKEN_FILE",
+            "/nonexistent/secret",
+        )],
     );
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("`routes[0].accept_token_file`"), "{stderr}");
