@@ -153,12 +153,17 @@ impl HubProcess {
 
     /// Send SIGTERM and wait for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
+        self.signal_term();
+        self.wait_exit()
+    }
+
+    /// Send SIGTERM without waiting (this thread stays free for the test's own clients).
+    pub fn signal_term(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success());
-        self.wait_exit()
     }
 
     /// Wait (bounded) for the process to exit.

@@ -235,11 +235,7 @@ async fn readyz_turns_503_before_the_drain_closes_the_sockets() {
         let close = expect_close(&mut ws).await;
         (close, Instant::now())
     });
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &hub.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    hub.signal_term();
     let start = Instant::now();
     let (not_ready_at, body) = loop {
         let reply = get(&hub, "/readyz").await;
