@@ -17,7 +17,7 @@ use serde::{Deserialize, Deserializer};
 use crate::channel::MAX_CHANNEL_LEN;
 use crate::dialect::DialectKind;
 use crate::hub::SubscriptionLimits;
-use crate::origin::{HostPolicy, OriginPolicy, PatternError};
+use crate::origin::{HostPolicy, OriginRule, PatternError};
 
 /// The whole configuration file. Every section is optional; a missing section takes its defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +59,22 @@ pub struct AuthorizationConfig {
     /// Deadline for one question; a hook that does not answer in time denies.
     #[serde(deserialize_with = "positive")]
     pub timeout_ms: NonZeroU64,
+    /// A bearer token sent to the hook (`Authorization: Bearer ...`), so the application can
+    /// tell the hub's questions from anyone else's; exclusive with `token_file`.
+    pub token: Option<String>,
+    /// A file holding that token (surrounding whitespace trimmed), so the secret need not sit
+    /// in the config file.
+    pub token_file: Option<PathBuf>,
+    /// The token in effect, once [`Config::resolve_secrets`] has read its sources.
+    #[serde(skip)]
+    resolved_token: Option<ResolvedToken>,
+}
+
+impl AuthorizationConfig {
+    /// The bearer token sent to the hook, from `token_file` or `token`.
+    pub fn token(&self) -> Option<&str> {
+        ResolvedToken::in_effect(&self.resolved_token, &self.token)
+    }
 }
 
 impl Default for AuthorizationConfig {
@@ -67,6 +83,9 @@ impl Default for AuthorizationConfig {
             url: None,
             cache_ms: 0,
             timeout_ms: NonZeroU64::new(5_000).expect("positive literal"),
+            token: None,
+            token_file: None,
+            resolved_token: None,
         }
     }
 }
@@ -91,6 +110,16 @@ pub struct ServerConfig {
     /// limit minus a reserve for the push API, backend callouts and the process itself.
     #[serde(deserialize_with = "positive_if_set")]
     pub max_connections: Option<usize>,
+    /// Origins whose pages may open WebSockets (and, unless `push.allowed_origins` is set,
+    /// call the push API): exact origins, `https://*.example.com` patterns, or `*` for any.
+    /// Unset: only a page's own origin (the sample page). A route may override it.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Refuse WebSocket handshakes that carry no `Origin` header (programs send none; every
+    /// browser does). A route may override it.
+    pub require_origin: bool,
+    /// How long `/readyz` answers 503 after SIGTERM before the sockets are closed, so a load
+    /// balancer stops sending new clients before the 1001 closes begin.
+    pub drain_delay_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +131,9 @@ impl Default for ServerConfig {
             shutdown_timeout_ms: 5_000,
             trusted_proxies: TrustedProxies::default(),
             max_connections: None,
+            allowed_origins: None,
+            require_origin: false,
+            drain_delay_ms: 1_000,
         }
     }
 }
@@ -120,8 +152,8 @@ pub struct PushConfig {
     pub token_file: Option<PathBuf>,
     /// Origins (`https://app.example.com`, `https://*.example.com`) whose pages may call the
     /// push API; a request with any other `Origin` header is refused, so a web page cannot
-    /// drive the API from a browser (CSRF).
-    pub allowed_origins: Vec<String>,
+    /// drive the API from a browser (CSRF). Unset: `server.allowed_origins` (without `*`).
+    pub allowed_origins: Option<Vec<String>>,
     /// Host names the push API answers besides the loopback ones (on a loopback listener),
     /// or instead of any (on another listener, when set): the defence against DNS rebinding.
     pub allowed_hosts: Vec<String>,
@@ -133,16 +165,26 @@ pub struct PushConfig {
     /// the token (bind it to an address only the scraper reaches). `/metrics` on the push
     /// listener, behind the token, is served either way.
     pub metrics_listen: Option<Address>,
-    /// The token in effect, once [`Config::resolve_push_token`] has read its sources.
+    /// The token in effect, once [`Config::resolve_secrets`] has read its sources.
     #[serde(skip)]
     resolved_token: Option<ResolvedToken>,
 }
 
-/// The push token after its sources were read.
-#[derive(Debug, Clone)]
+/// A token after its sources (the environment, a file, the key) were read.
+#[derive(Debug, Clone, Default)]
 struct ResolvedToken {
     /// The secret, if any source gave one.
     value: Option<String>,
+}
+
+impl ResolvedToken {
+    /// The resolved secret or, before resolution, the key's own value.
+    fn in_effect<'a>(resolved: &'a Option<Self>, key: &'a Option<String>) -> Option<&'a str> {
+        match resolved {
+            Some(resolved) => resolved.value.as_deref(),
+            None => key.as_deref(),
+        }
+    }
 }
 
 /// The environment variable that holds the push token. It wins over `push.token_file` and
@@ -155,7 +197,7 @@ impl Default for PushConfig {
             listen: Address("127.0.0.1:8081".parse().expect("valid literal")),
             token: None,
             token_file: None,
-            allowed_origins: Vec::new(),
+            allowed_origins: None,
             allowed_hosts: Vec::new(),
             body_timeout_ms: NonZeroU64::new(10_000).expect("positive literal"),
             metrics_listen: None,
@@ -166,22 +208,14 @@ impl Default for PushConfig {
 
 impl PushConfig {
     /// The bearer token in effect: from [`PUSH_TOKEN_ENV`], else `token_file`, else `token`
-    /// (as resolved by [`Config::resolve_push_token`]; before that, `token`).
+    /// (as resolved by [`Config::resolve_secrets`]; before that, `token`).
     pub fn token(&self) -> Option<&str> {
-        match &self.resolved_token {
-            Some(resolved) => resolved.value.as_deref(),
-            None => self.token.as_deref(),
-        }
+        ResolvedToken::in_effect(&self.resolved_token, &self.token)
     }
 
     /// The deadline for reading one request body.
     pub fn body_timeout(&self) -> Duration {
         Duration::from_millis(self.body_timeout_ms.get())
-    }
-
-    /// The origins allowed to call the push API (valid once the config is validated).
-    pub fn origin_policy(&self) -> Result<OriginPolicy, PatternError> {
-        OriginPolicy::new(&self.allowed_origins)
     }
 
     /// The `Host` values the push API answers (valid once the config is validated).
@@ -392,6 +426,31 @@ pub struct RouteConfig {
     /// body becomes the first frame (AWX's `{"accept": true, "user": id}`). An http:// URL.
     #[serde(default, deserialize_with = "http_url_text")]
     pub accept_url: Option<String>,
+    /// Origins whose pages may open WebSockets on this route, instead of
+    /// `server.allowed_origins`.
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Whether a handshake on this route must carry `Origin`, instead of
+    /// `server.require_origin`.
+    #[serde(default)]
+    pub require_origin: Option<bool>,
+    /// A bearer token sent to the connect hook, so the application can tell the hub's calls
+    /// from anyone else's; exclusive with `accept_token_file`.
+    #[serde(default)]
+    pub accept_token: Option<String>,
+    /// A file holding that token (surrounding whitespace trimmed).
+    #[serde(default)]
+    pub accept_token_file: Option<PathBuf>,
+    /// The token in effect, once [`Config::resolve_secrets`] has read its sources.
+    #[serde(skip)]
+    resolved_accept_token: Option<ResolvedToken>,
+}
+
+impl RouteConfig {
+    /// The bearer token sent to the connect hook, from `accept_token_file` or `accept_token`.
+    pub fn accept_token(&self) -> Option<&str> {
+        ResolvedToken::in_effect(&self.resolved_accept_token, &self.accept_token)
+    }
 }
 
 /// The `[log]` section.
@@ -400,14 +459,28 @@ pub struct RouteConfig {
 pub struct LogConfig {
     /// Default level when RUST_LOG is not set: error, warn, info, debug or trace.
     pub level: String,
+    /// How each line is written: `text` for people, `json` (one object per line) for shippers.
+    pub format: LogFormat,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: "info".to_owned(),
+            format: LogFormat::Text,
         }
     }
+}
+
+/// The log line formats (see `logging.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `[time LEVEL target] id=... message`.
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, target, message and the record's fields.
+    Json,
 }
 
 fn default_routes() -> Vec<RouteConfig> {
@@ -419,6 +492,11 @@ fn default_routes() -> Vec<RouteConfig> {
             client_publish: false,
             xrf_cookie: None,
             accept_url: None,
+            allowed_origins: None,
+            require_origin: None,
+            accept_token: None,
+            accept_token_file: None,
+            resolved_accept_token: None,
         },
         RouteConfig {
             path: "/rpc".to_owned(),
@@ -427,6 +505,11 @@ fn default_routes() -> Vec<RouteConfig> {
             client_publish: false,
             xrf_cookie: None,
             accept_url: None,
+            allowed_origins: None,
+            require_origin: None,
+            accept_token: None,
+            accept_token_file: None,
+            resolved_accept_token: None,
         },
     ]
 }
@@ -647,61 +730,352 @@ pub enum ConfigError {
     },
 }
 
+/// A secret given as a key or as a file naming it (exclusive): the file's contents, trimmed,
+/// or the key's value. The error names the key: both set, a file that cannot be read or is
+/// empty.
+fn read_secret(
+    origin: &str,
+    (key, value): (&str, &Option<String>),
+    (file_key, file): (&str, &Option<PathBuf>),
+) -> Result<Option<String>, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        origin: origin.to_owned(),
+        key: file_key.to_owned(),
+        message,
+    };
+    let Some(path) = file else {
+        return Ok(value.clone());
+    };
+    if value.is_some() {
+        return Err(invalid(format!("and {key} are both set; keep one of them")));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(format!("cannot read `{}`: {e}", path.display())))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(invalid(format!(
+            "`{}` is empty; put the secret in it",
+            path.display()
+        )));
+    }
+    Ok(Some(text.to_owned()))
+}
+
 /// Paths the push API owns when it shares the WebSocket listener.
-const PUSH_PATHS: [&str; 2] = ["/api", "/healthz"];
+const PUSH_PATHS: [&str; 3] = ["/api", "/healthz", "/readyz"];
+
+// --- Keys from the environment ---
+
+/// The prefix of the environment variables that set config keys:
+/// `SWITCHBOARD_<SECTION>_<KEY>` sets `section.key`.
+pub const ENV_PREFIX: &str = "SWITCHBOARD_";
+
+/// Variables with [`ENV_PREFIX`] that are not config keys: the push token (read by
+/// [`Config::resolve_secrets`], where it wins over `push.token` and `push.token_file`) and
+/// the operator commands' own variables.
+const ENV_NOT_KEYS: [&str; 3] = [PUSH_TOKEN_ENV, "SWITCHBOARD_PUSH_URL", "SWITCHBOARD_TOKEN"];
+
+/// The sections of the config file, as the environment names them.
+const SECTIONS: [&str; 7] = [
+    "server",
+    "push",
+    "limits",
+    "backend",
+    "log",
+    "authorization",
+    "routes",
+];
+
+/// Config keys set from environment variables (see [`ENV_PREFIX`]), applied over the file.
+#[derive(Debug, Clone, Default)]
+pub struct EnvOverrides {
+    /// The variables with the prefix, sorted by name, whole `SWITCHBOARD_ROUTES` first.
+    vars: Vec<(String, String)>,
+}
+
+/// One variable mapped to its key.
+struct EnvKey<'a> {
+    /// The variable's name.
+    var: &'a str,
+    /// The key's path in the file: `["server", "listen"]`, `["routes"]`, `["routes", "0", "path"]`.
+    path: Vec<String>,
+    /// The raw text of the variable.
+    text: &'a str,
+}
+
+impl EnvKey<'_> {
+    /// The key as errors name it (`server.listen`, `routes[0].path`).
+    fn key(&self) -> String {
+        match self.path.as_slice() {
+            [routes, index, key] => format!("{routes}[{index}].{key}"),
+            parts => parts.join("."),
+        }
+    }
+}
+
+impl EnvOverrides {
+    /// The process environment's config variables.
+    pub fn from_env() -> Self {
+        Self::from_pairs(std::env::vars())
+    }
+
+    /// The config variables among `pairs` (name, value).
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut vars: Vec<(String, String)> = pairs
+            .into_iter()
+            .filter(|(name, _)| {
+                name.starts_with(ENV_PREFIX) && !ENV_NOT_KEYS.contains(&name.as_str())
+            })
+            .collect();
+        vars.sort_by_key(|(name, _)| (name != "SWITCHBOARD_ROUTES", name.clone()));
+        Self { vars }
+    }
+
+    /// Whether no variable sets a key.
+    pub fn is_empty(&self) -> bool {
+        self.vars.is_empty()
+    }
+
+    /// The variables' names, for messages.
+    pub fn names(&self) -> Vec<&str> {
+        self.vars.iter().map(|(name, _)| name.as_str()).collect()
+    }
+
+    /// Map each variable to its key; the error names a variable that maps to none.
+    fn keys(&self) -> Result<Vec<EnvKey<'_>>, ConfigError> {
+        self.vars
+            .iter()
+            .map(|(var, text)| {
+                let rest = var[ENV_PREFIX.len()..].to_ascii_lowercase();
+                let unknown = |why: String| ConfigError::Invalid {
+                    origin: "environment".into(),
+                    key: var.clone(),
+                    message: why,
+                };
+                let section = SECTIONS
+                    .into_iter()
+                    .find(|s| rest == *s || rest.starts_with(&format!("{s}_")))
+                    .ok_or_else(|| {
+                        unknown(format!(
+                            "names no config section: use SWITCHBOARD_<SECTION>_<KEY> with a section of {}",
+                            SECTIONS.join(", ")
+                        ))
+                    })?;
+                let key = rest[section.len()..].trim_start_matches('_');
+                let path = match (section, key.split_once('_')) {
+                    ("routes", _) if key.is_empty() => vec![section.to_owned()],
+                    ("routes", Some((index, key)))
+                        if !key.is_empty() && index.parse::<usize>().is_ok() =>
+                    {
+                        vec![section.to_owned(), index.to_owned(), key.to_owned()]
+                    }
+                    ("routes", _) => {
+                        return Err(unknown(
+                            "use SWITCHBOARD_ROUTES (the whole array) or SWITCHBOARD_ROUTES_<INDEX>_<KEY>".into(),
+                        ))
+                    }
+                    _ if key.is_empty() => {
+                        return Err(unknown(format!("names the section `{section}` but no key")))
+                    }
+                    _ => vec![section.to_owned(), key.to_owned()],
+                };
+                Ok(EnvKey { var, path, text })
+            })
+            .collect()
+    }
+}
+
+/// A variable's text as a TOML value (`4`, `true`, `["a", "b"]`, `{ path = "/ws" }`), or as
+/// a string when it is not one (`127.0.0.1:8080`, `info`).
+fn env_value(text: &str) -> toml::Value {
+    format!("value = {text}")
+        .parse::<toml::Table>()
+        .ok()
+        .filter(|table| table.len() == 1)
+        .and_then(|mut table| table.remove("value"))
+        .unwrap_or_else(|| toml::Value::String(text.to_owned()))
+}
+
+/// Set the key of `env` in the file's table to `value`.
+fn apply_env(table: &mut toml::Table, env: &EnvKey<'_>, value: toml::Value) -> Result<(), String> {
+    match env.path.as_slice() {
+        [section] => {
+            table.insert(section.clone(), value);
+        }
+        [section, key] => {
+            let entry = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(section) = entry else {
+                return Err(format!("`{section}` in the file is not a section"));
+            };
+            section.insert(key.clone(), value);
+        }
+        [routes, index, key] => {
+            let count = table
+                .get(routes)
+                .and_then(toml::Value::as_array)
+                .map_or(0, Vec::len);
+            let route = table
+                .get_mut(routes)
+                .and_then(toml::Value::as_array_mut)
+                .and_then(|routes| routes.get_mut(index.parse::<usize>().unwrap_or(usize::MAX)))
+                .and_then(toml::Value::as_table_mut)
+                .ok_or_else(|| {
+                    format!(
+                        "there is no routes[{index}]: the file (or SWITCHBOARD_ROUTES) has {count} route(s); the environment changes routes, it does not add them one by one"
+                    )
+                })?;
+            route.insert(key.clone(), value);
+        }
+        _ => unreachable!("EnvOverrides::keys makes paths of one to three parts"),
+    }
+    Ok(())
+}
+
+// --- end of keys from the environment ---
 
 impl Config {
-    /// Read and validate a config file, with the push token's sources (`push.token_file`
-    /// and [`PUSH_TOKEN_ENV`]) read.
+    /// Read and validate a config file with the environment's keys applied over it, and the
+    /// push token's sources (`push.token_file` and [`PUSH_TOKEN_ENV`]) read.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let origin = path.display().to_string();
-        let mut config = Self::read(path)?;
-        config.resolve_push_token(&origin, std::env::var(PUSH_TOKEN_ENV).ok())?;
+        let mut config = Self::read_layered(path, &EnvOverrides::from_env())?;
+        config.resolve_secrets(&origin, std::env::var(PUSH_TOKEN_ENV).ok())?;
         config.validate(&origin)?;
         Ok(config)
     }
 
     /// Read and parse a config file, without reading token files or validating it.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        Self::read_layered(path, &EnvOverrides::default())
+    }
+
+    /// Read and parse a config file with `env`'s keys applied over it, without reading token
+    /// files or validating it.
+    pub fn read_layered(path: &Path, env: &EnvOverrides) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse_layered(&text, &path.display().to_string(), env)
     }
 
     /// Parse a config from TOML text (without validating it); `origin` names the text in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let deserializer = toml::Deserializer::new(text);
-        let mut config: Self = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let message = e.inner().to_string().trim_end().to_owned();
-            ConfigError::Parse {
-                origin: origin.to_owned(),
-                // The key, when the error is about one value (`backend.url`, `routes[0].path`).
-                message: match e.path().to_string().as_str() {
-                    "." => message,
-                    key => format!("`{key}`: {message}"),
-                },
+        let config = serde_path_to_error::deserialize(deserializer)
+            .map_err(|e| Self::parse_error(origin, &e, None))?;
+        Ok(Self::derived(config))
+    }
+
+    /// [`Config::parse`] with `env`'s keys applied over the text. An error about a key the
+    /// environment set names the key and the variable; any other names the key and, when the
+    /// file alone has it, the file's line.
+    pub fn parse_layered(
+        text: &str,
+        origin: &str,
+        env: &EnvOverrides,
+    ) -> Result<Self, ConfigError> {
+        if env.is_empty() {
+            return Self::parse(text, origin);
+        }
+        let keys = env.keys()?;
+        // A file that is not TOML at all: its own error, with the line.
+        let Ok(mut table) = text.parse::<toml::Table>() else {
+            return Self::parse(text, origin);
+        };
+        let mut as_text = vec![false; keys.len()];
+        loop {
+            for (env_key, as_text) in keys.iter().zip(&as_text) {
+                let value = match as_text {
+                    true => toml::Value::String(env_key.text.to_owned()),
+                    false => env_value(env_key.text),
+                };
+                apply_env(&mut table, env_key, value).map_err(|message| ConfigError::Invalid {
+                    origin: "environment".into(),
+                    key: format!("{} ({})", env_key.key(), env_key.var),
+                    message,
+                })?;
             }
-        })?;
+            let error = match serde_path_to_error::deserialize(toml::Value::Table(table.clone())) {
+                Ok(config) => return Ok(Self::derived(config)),
+                Err(error) => error,
+            };
+            let path = error.path().to_string();
+            let message = error.inner().to_string();
+            let culprit = keys.iter().position(|k| {
+                let key = k.key();
+                key == path
+                    || (k.path.len() > 1
+                        && path == key.rsplit_once('.').map_or("", |(section, _)| section)
+                        && message.contains(&format!("`{}`", k.path[k.path.len() - 1])))
+            });
+            match culprit {
+                // `123` meant as a string (a token): read the variable as text and try again.
+                Some(i) if !as_text[i] && message.contains("invalid type") => as_text[i] = true,
+                Some(i) => {
+                    return Err(Self::parse_error(
+                        "environment",
+                        &error,
+                        Some(&format!("`{}` ({})", keys[i].key(), keys[i].var)),
+                    ))
+                }
+                None => {
+                    // The file's own mistake: with its line when the file alone shows it.
+                    Self::parse(text, origin)?;
+                    return Err(Self::parse_error(origin, &error, None));
+                }
+            }
+        }
+    }
+
+    /// A parse error naming its key (`backend.url`, `routes[0].path`), or `named` (the key
+    /// and its variable) instead.
+    fn parse_error<E: fmt::Display>(
+        origin: &str,
+        error: &serde_path_to_error::Error<E>,
+        named: Option<&str>,
+    ) -> ConfigError {
+        let message = error.inner().to_string();
+        // A `toml::Value` error ends with its own "in `key`" line: the key is named already.
+        let message = message
+            .split_once("\nin `")
+            .map_or(message.as_str(), |(first, _)| first)
+            .trim_end()
+            .to_owned();
+        let message = match (named, error.path().to_string().as_str()) {
+            (Some(named), _) => format!("{named}: {message}"),
+            (None, ".") => message,
+            (None, key) => format!("`{key}`: {message}"),
+        };
+        ConfigError::Parse {
+            origin: origin.to_owned(),
+            message,
+        }
+    }
+
+    /// The values derived from others once the file is read.
+    fn derived(mut config: Self) -> Self {
         config.backend.max_answer_size = config.limits.max_message_size;
-        Ok(config)
+        config
     }
 
     /// Parse and validate a config from TOML text; `push.token_file` is read, the environment
     /// is not.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let mut config = Self::parse(text, origin)?;
-        config.resolve_push_token(origin, None)?;
+        config.resolve_secrets(origin, None)?;
         config.validate(origin)?;
         Ok(config)
     }
 
-    /// Settle the push token from its sources, highest first: `env` (the value of
-    /// [`PUSH_TOKEN_ENV`], if set), then the contents of `push.token_file` (trimmed), then
-    /// `push.token`. Setting both `token` and `token_file` is an error, as is a source that is
-    /// empty or a file that cannot be read.
-    pub fn resolve_push_token(
+    /// Settle the secrets from their sources. The push token, highest first: `env` (the
+    /// value of [`PUSH_TOKEN_ENV`], if set), then the contents of `push.token_file` (trimmed),
+    /// then `push.token`. The hook tokens: `authorization.token_file` or `authorization.token`,
+    /// and each route's `accept_token_file` or `accept_token`. Setting both a token and its
+    /// file is an error, as is a source that is empty or a file that cannot be read.
+    pub fn resolve_secrets(
         &mut self,
         origin: &str,
         env: Option<String>,
@@ -711,13 +1085,30 @@ impl Config {
             key: key.to_owned(),
             message,
         };
-        let push = &self.push;
-        if push.token.is_some() && push.token_file.is_some() {
-            return Err(invalid(
-                "push.token_file",
-                "and push.token are both set; keep one of them".into(),
-            ));
+        let authorization = &self.authorization;
+        let value = read_secret(
+            origin,
+            ("authorization.token", &authorization.token),
+            ("authorization.token_file", &authorization.token_file),
+        )?;
+        self.authorization.resolved_token = Some(ResolvedToken { value });
+        for (i, route) in self.routes.iter_mut().enumerate() {
+            let value = read_secret(
+                origin,
+                (&format!("routes[{i}].accept_token"), &route.accept_token),
+                (
+                    &format!("routes[{i}].accept_token_file"),
+                    &route.accept_token_file,
+                ),
+            )?;
+            route.resolved_accept_token = Some(ResolvedToken { value });
         }
+        let push = &self.push;
+        let from_file = read_secret(
+            origin,
+            ("push.token", &push.token),
+            ("push.token_file", &push.token_file),
+        )?;
         let value = if let Some(env) = env {
             let env = env.trim();
             if env.is_empty() {
@@ -727,23 +1118,8 @@ impl Config {
                 ));
             }
             Some(env.to_owned())
-        } else if let Some(path) = &push.token_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                invalid(
-                    "push.token_file",
-                    format!("cannot read `{}`: {e}", path.display()),
-                )
-            })?;
-            let text = text.trim();
-            if text.is_empty() {
-                return Err(invalid(
-                    "push.token_file",
-                    format!("`{}` is empty; put the secret in it", path.display()),
-                ));
-            }
-            Some(text.to_owned())
         } else {
-            push.token.clone()
+            from_file
         };
         self.push.resolved_token = Some(ResolvedToken { value });
         Ok(())
@@ -783,12 +1159,56 @@ impl Config {
                 "is empty; remove the key or set a secret".into(),
             ));
         }
-        if push.token_file.is_some() && push.resolved_token.is_none() {
-            // A config built with `parse` alone would otherwise run without its token.
+        // A config built with `parse` alone would otherwise run without its tokens.
+        let mut unread = vec![(
+            "push.token_file".to_owned(),
+            push.token_file.is_some() && push.resolved_token.is_none(),
+        )];
+        unread.push((
+            "authorization.token_file".to_owned(),
+            self.authorization.token_file.is_some() && self.authorization.resolved_token.is_none(),
+        ));
+        for (i, route) in self.routes.iter().enumerate() {
+            unread.push((
+                format!("routes[{i}].accept_token_file"),
+                route.accept_token_file.is_some() && route.resolved_accept_token.is_none(),
+            ));
+        }
+        if let Some((key, _)) = unread.into_iter().find(|(_, unread)| *unread) {
             return Err(invalid(
-                "push.token_file",
+                &key,
                 "has not been read: load the config with Config::load or from_toml".into(),
             ));
+        }
+        // (token key, its value, whether its file is set, whether the hook's URL is set).
+        let authorization = &self.authorization;
+        let mut hook_tokens = vec![(
+            "authorization.token".to_owned(),
+            authorization.token.as_deref(),
+            authorization.token_file.is_some(),
+            authorization.url.is_some(),
+        )];
+        for (i, route) in self.routes.iter().enumerate() {
+            hook_tokens.push((
+                format!("routes[{i}].accept_token"),
+                route.accept_token.as_deref(),
+                route.accept_token_file.is_some(),
+                route.accept_url.is_some(),
+            ));
+        }
+        for (key, token, file, hooked) in hook_tokens {
+            if token.is_some_and(|t| t.trim().is_empty()) {
+                return Err(invalid(
+                    &key,
+                    "is empty; remove the key or set a secret".into(),
+                ));
+            }
+            if (token.is_some() || file) && !hooked {
+                return Err(invalid(
+                    &key,
+                    "is sent to the hook, and no hook URL is set for it".into(),
+                ));
+            }
         }
         if push.token().is_none() && !push.listen.0.ip().is_loopback() {
             return Err(invalid(
@@ -799,12 +1219,26 @@ impl Config {
                 ),
             ));
         }
-        for (i, pattern) in push.allowed_origins.iter().enumerate() {
-            if let Err(e) = OriginPolicy::new(&[pattern]) {
-                return Err(invalid(
-                    &format!("push.allowed_origins[{i}]"),
-                    e.to_string(),
-                ));
+        let mut origin_lists = vec![(
+            "server.allowed_origins".to_owned(),
+            true,
+            &self.server.allowed_origins,
+        )];
+        origin_lists.push((
+            "push.allowed_origins".to_owned(),
+            false,
+            &push.allowed_origins,
+        ));
+        for (i, route) in self.routes.iter().enumerate() {
+            origin_lists.push((
+                format!("routes[{i}].allowed_origins"),
+                true,
+                &route.allowed_origins,
+            ));
+        }
+        for (key, honour_any, list) in origin_lists {
+            if let Err((i, e)) = OriginRule::new(list.as_deref(), honour_any, false, &key) {
+                return Err(invalid(&format!("{key}[{i}]"), e.to_string()));
             }
         }
         for (i, host) in push.allowed_hosts.iter().enumerate() {
@@ -894,6 +1328,46 @@ impl Config {
         Ok(())
     }
 
+    /// The origin rule of the WebSocket handshake on route `index` (valid once the config is
+    /// validated): the route's list and `require_origin` where set, else the server's.
+    pub fn handshake_origins(&self, index: usize) -> OriginRule {
+        let route = &self.routes[index];
+        let (key, list) = match &route.allowed_origins {
+            Some(list) => (format!("routes[{index}].allowed_origins"), Some(list)),
+            None => (
+                "server.allowed_origins".to_owned(),
+                self.server.allowed_origins.as_ref(),
+            ),
+        };
+        let require = route.require_origin.unwrap_or(self.server.require_origin);
+        OriginRule::new(list.map(Vec::as_slice), true, require, &key)
+            .expect("origin lists are checked by Config::validate")
+    }
+
+    /// The origin rule of the push API (valid once the config is validated):
+    /// `push.allowed_origins` where set, else `server.allowed_origins` without `*`. Requests
+    /// without `Origin` always pass (backends send none).
+    pub fn push_origins(&self) -> OriginRule {
+        let rule = |list: Option<&Vec<String>>, honour_any, key: &str| {
+            OriginRule::new(list.map(Vec::as_slice), honour_any, false, key)
+                .expect("origin lists are checked by Config::validate")
+        };
+        match &self.push.allowed_origins {
+            Some(list) => rule(Some(list), false, "push.allowed_origins"),
+            None => rule(
+                self.server.allowed_origins.as_ref(),
+                true,
+                "server.allowed_origins",
+            )
+            .without_any("push.allowed_origins"),
+        }
+    }
+
+    /// How long `/readyz` says "draining" before the sockets are closed.
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_millis(self.server.drain_delay_ms)
+    }
+
     /// Whether the push API and the WebSocket routes share one listener.
     pub fn shares_listener(&self) -> bool {
         self.push.listen == self.server.listen
@@ -965,7 +1439,7 @@ mod tests {
         );
         let resolved = |text: &str, env: Option<&str>| {
             let mut config = Config::parse(text, "test.toml").unwrap();
-            config.resolve_push_token("test.toml", env.map(str::to_owned))?;
+            config.resolve_secrets("test.toml", env.map(str::to_owned))?;
             config.validate("test.toml")?;
             Ok::<_, ConfigError>(config.push.token().map(str::to_owned))
         };
@@ -1015,10 +1489,9 @@ mod tests {
         )
         .unwrap();
         assert!(config
-            .push
-            .origin_policy()
-            .unwrap()
-            .allows("https://a.example.com"));
+            .push_origins()
+            .check(["https://a.example.com"], None)
+            .is_ok());
         assert_eq!(config.push.body_timeout_ms.get(), 10_000);
         let err =
             check("[push]\nallowed_origins = [\"https://ok.example\", \"app.example.com\"]\n")
@@ -1377,5 +1850,177 @@ mod tests {
         let err = check("[limits]\nmax_batchs = 5\n").unwrap_err().to_string();
         assert!(err.contains("max_batchs"), "{err}");
         check("[limits]\nmax_subscription_bytes = 256\nmax_channels = 1\nmax_batch = 1\n").unwrap();
+    }
+
+    fn layered(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = EnvOverrides::from_pairs(
+            vars.iter()
+                .map(|(name, value)| (name.to_string(), value.to_string())),
+        );
+        Config::parse_layered(text, "test.toml", &env)
+    }
+
+    #[test]
+    fn environment_keys_are_typed_and_win_over_the_file() {
+        let config = layered(
+            "[server]\nworkers = 2\n[[routes]]\npath = \"/a\"\ndialect = \"raw\"\n",
+            &[
+                ("SWITCHBOARD_SERVER_WORKERS", "4"),
+                ("SWITCHBOARD_SERVER_LISTEN", "127.0.0.1:9000"),
+                ("SWITCHBOARD_SERVER_PAGE", "false"),
+                (
+                    "SWITCHBOARD_SERVER_ALLOWED_ORIGINS",
+                    "[\"https://a.example\"]",
+                ),
+                ("SWITCHBOARD_ROUTES_0_DIALECT", "jsonrpc"),
+                ("SWITCHBOARD_LOG_FORMAT", "json"),
+                // Not keys: the push token and the CLI's own variables.
+                ("SWITCHBOARD_PUSH_TOKEN", "t"),
+                ("SWITCHBOARD_PUSH_URL", "http://x"),
+                ("SWITCHBOARD_TOKEN", "t"),
+                ("OTHER_VAR", "1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.server.workers, 4);
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:9000");
+        assert!(!config.server.page);
+        assert_eq!(
+            config.server.allowed_origins,
+            Some(vec!["https://a.example".to_owned()])
+        );
+        assert_eq!(config.routes[0].dialect, DialectKind::JsonRpc);
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(
+            config.push.token(),
+            None,
+            "SWITCHBOARD_PUSH_TOKEN is resolved later"
+        );
+    }
+
+    #[test]
+    fn a_whole_routes_array_and_text_that_looks_like_a_number() {
+        let config = layered(
+            "",
+            &[
+                (
+                    "SWITCHBOARD_ROUTES",
+                    "[{ path = \"/x\", dialect = \"raw\" }, { path = \"/y\", dialect = \"topics\" }]",
+                ),
+                ("SWITCHBOARD_ROUTES_1_STRICT", "true"),
+                ("SWITCHBOARD_PUSH_TOKEN_FILE", "2024"),
+            ],
+        )
+        .unwrap();
+        let paths: Vec<&str> = config.routes.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["/x", "/y"]);
+        assert!(config.routes[1].strict);
+        assert_eq!(config.push.token_file, Some(PathBuf::from("2024")));
+    }
+
+    #[test]
+    fn environment_errors_name_the_key_and_the_variable() {
+        for (vars, needles) in [
+            (
+                &[("SWITCHBOARD_LIMITS_MAX_BATCH", "0")][..],
+                &["environment: `limits.max_batch` (SWITCHBOARD_LIMITS_MAX_BATCH): 0 is out of range"][..],
+            ),
+            (
+                &[("SWITCHBOARD_SERVER_LISTEN", "nowhere")],
+                &["`server.listen` (SWITCHBOARD_SERVER_LISTEN)", "nowhere"],
+            ),
+            (
+                &[("SWITCHBOARD_LIMITS_MAX_BATCHS", "5")],
+                &["SWITCHBOARD_LIMITS_MAX_BATCHS", "max_batchs"],
+            ),
+            (&[("SWITCHBOARD_LIMITS", "5")], &["SWITCHBOARD_LIMITS", "no key"]),
+            (&[("SWITCHBOARD_X_Y", "5")], &["SWITCHBOARD_X_Y", "no config section"]),
+            (&[("SWITCHBOARD_ROUTES_A_PATH", "/x")], &["SWITCHBOARD_ROUTES_<INDEX>_<KEY>"]),
+            (&[("SWITCHBOARD_ROUTES_0_PATH", "/x")], &["there is no routes[0]"]),
+        ] {
+            let err = layered("", vars).unwrap_err().to_string();
+            for needle in needles {
+                assert!(err.contains(needle), "{vars:?}: {needle:?} not in {err}");
+            }
+        }
+        // A mistake of the file itself keeps its line.
+        let err = layered(
+            "[server]\npage = true\n\n[limits]\nmax_batch = 0\n",
+            &[("SWITCHBOARD_SERVER_WORKERS", "1")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("test.toml: `limits.max_batch`") && err.contains("line 5"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hook_tokens_are_read_from_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hook");
+        std::fs::write(&file, "\n hook-secret \n").unwrap();
+        let text = format!(
+            "[authorization]\nurl = \"http://127.0.0.1:9/auth\"\ntoken_file = {:?}\n[[routes]]\npath = \"/g\"\ndialect = \"groups\"\naccept_url = \"http://127.0.0.1:9/a\"\naccept_token = \"t\"\n",
+            file.display().to_string()
+        );
+        let config = check(&text).unwrap();
+        assert_eq!(config.authorization.token(), Some("hook-secret"));
+        assert_eq!(config.routes[0].accept_token(), Some("t"));
+        let both = text.replace(
+            "accept_token = \"t\"",
+            &format!(
+                "accept_token = \"t\"\naccept_token_file = {:?}",
+                file.display().to_string()
+            ),
+        );
+        let err = check(&both).unwrap_err().to_string();
+        assert!(
+            err.contains("`routes[0].accept_token_file`") && err.contains("both"),
+            "{err}"
+        );
+        let err = check("[authorization]\ntoken = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`authorization.token`"), "{err}");
+        let err = check(&text.replace("accept_token = \"t\"", "accept_token = \" \""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`routes[0].accept_token`") && err.contains("empty"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn origin_lists_are_checked_with_their_index() {
+        for (text, key) in [
+            ("[server]\nallowed_origins = [\"*\", \"nope\"]\n", "`server.allowed_origins[1]`"),
+            ("[push]\nallowed_origins = [\"*\"]\n", "`push.allowed_origins[0]`"),
+            (
+                "[[routes]]\npath = \"/x\"\ndialect = \"raw\"\nallowed_origins = [\"https://a/\"]\n",
+                "`routes[0].allowed_origins[0]`",
+            ),
+        ] {
+            let err = check(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let config = check(
+            "[server]\nallowed_origins = [\"*\", \"https://a.example\"]\nrequire_origin = true\n[[routes]]\npath = \"/x\"\ndialect = \"raw\"\n[[routes]]\npath = \"/y\"\ndialect = \"raw\"\nallowed_origins = []\nrequire_origin = false\n",
+        )
+        .unwrap();
+        let x = config.handshake_origins(0);
+        assert!(x.check(["http://any.example"], None).is_ok());
+        assert!(x.check([], None).is_err(), "the server requires an Origin");
+        let y = config.handshake_origins(1);
+        assert!(y.check(["https://a.example"], None).is_err());
+        assert!(y.check([], None).is_ok());
+        let push = config.push_origins();
+        assert!(
+            push.check(["http://any.example"], None).is_err(),
+            "never `*`"
+        );
+        assert!(push.check(["https://a.example"], None).is_ok());
     }
 }

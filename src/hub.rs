@@ -571,7 +571,7 @@ impl Handler<Connect> for Hub {
             Ok(Some(old)) => {
                 // The newer connection wins; the older one is told why and forgotten at once,
                 // so a push always reaches the live connection and no orphan is left behind.
-                log::info!("id={id} replaced by a newer connection with the same id");
+                log::info!(id:% = id; "replaced by a newer connection with the same id");
                 old.link.tell(Outbound::Replaced);
             }
             Ok(None) => {}

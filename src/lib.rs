@@ -17,7 +17,9 @@
 //!   (`backend::http`) relaying in a format (`socketdock`, `ws2api`: each one file with its
 //!   requests and push paths). `hook`: the connect hook and the authorizer.
 //! - `push` (with `push::guard`) and `push_rpc`: the push API and RocketWS's backend port.
-//! - `origin`: which `Origin` and `Host` values a listener accepts.
+//! - `origin`: which `Origin` and `Host` values a listener accepts (the push API and the
+//!   WebSocket handshake). [`readiness`]: the reasons `/readyz` answers 503.
+//! - [`logging`]: the `text` and `json` log line formats.
 //! - `frame`, `channel`, `connection`: the values that travel: frames and close codes,
 //!   channel names and publications, ids. `shutdown`: the guards the drain waits for.
 
@@ -35,6 +37,7 @@ mod hook;
 mod hub;
 mod jsonrpc_envelope;
 mod link;
+pub mod logging;
 mod metrics;
 mod operation;
 mod origin;
@@ -42,6 +45,7 @@ mod outbox;
 mod push;
 mod push_rpc;
 mod rate_limit;
+pub mod readiness;
 mod reassembly;
 mod registry;
 pub mod server;

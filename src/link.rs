@@ -91,10 +91,7 @@ impl Link {
         if self.cut.swap(true, Ordering::AcqRel) {
             return false;
         }
-        log::warn!(
-            "id={} outbound queue full: the client stopped reading; closing with 1008",
-            self.id
-        );
+        log::warn!(id:% = self.id; "outbound queue full: the client stopped reading; closing with 1008");
         // One close message beyond the backlog is the bounded exception: it is sent once, and
         // the connection gets nothing more.
         self.recipient.do_send(Deliver(Outbound::CutOff));

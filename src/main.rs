@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use switchboard::cli::{self, Command, Target};
-use switchboard::config::{Address, Config, PUSH_TOKEN_ENV};
+use switchboard::config::{Address, Config, EnvOverrides, PUSH_TOKEN_ENV};
 use switchboard::Listeners;
 
 /// Exit code for a configuration or usage error (the config is checked before any port is bound).
@@ -193,8 +193,9 @@ fn operate(cli: &Cli, operator: &Operator) -> ExitCode {
     }
 }
 
-/// The config of `--config`, or `./config.toml` if present, with the flags applied, the push
-/// token's sources read, and validated; the built-in defaults when there is no file.
+/// The config of `--config`, or `./config.toml` if present, with the environment's keys
+/// (`SWITCHBOARD_<SECTION>_<KEY>`) and then the flags applied, the push token's sources read,
+/// and validated; the built-in defaults when there is no file.
 /// The file's full path is returned too (for messages), `None` without a file.
 fn load(cli: &Cli) -> anyhow::Result<(Config, Option<String>)> {
     let default_path = PathBuf::from("config.toml");
@@ -202,14 +203,28 @@ fn load(cli: &Cli) -> anyhow::Result<(Config, Option<String>)> {
         Some(path) => Some(path.clone()),
         None => default_path.exists().then_some(default_path),
     };
-    let (mut config, origin) = match &path {
+    let env = EnvOverrides::from_env();
+    let (mut config, mut origin) = match &path {
         Some(path) => {
             // The full path, so an operator sees which `./config.toml` was meant.
             let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-            (Config::read(path)?, shown.display().to_string())
+            (
+                Config::read_layered(path, &env)?,
+                shown.display().to_string(),
+            )
         }
-        None => (Config::parse("", "defaults")?, "defaults".into()),
+        None => (
+            Config::parse_layered("", "defaults", &env)?,
+            "defaults".into(),
+        ),
     };
+    if !env.is_empty() {
+        // A rule between keys may involve one the environment set.
+        origin = format!(
+            "{origin} with {} from the environment",
+            env.names().join(", ")
+        );
+    }
     if let Some(listen) = &cli.listen {
         config.server.listen =
             Address::parse(listen).map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
@@ -221,7 +236,7 @@ fn load(cli: &Cli) -> anyhow::Result<(Config, Option<String>)> {
     if let Some(level) = &cli.log_level {
         config.log.level = level.clone();
     }
-    config.resolve_push_token(&origin, std::env::var(PUSH_TOKEN_ENV).ok())?;
+    config.resolve_secrets(&origin, std::env::var(PUSH_TOKEN_ENV).ok())?;
     config.validate(&origin)?;
     Ok((config, path.is_some().then_some(origin)))
 }
@@ -271,10 +286,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or(config.log.level.as_str()),
-    )
-    .init();
+    switchboard::logging::init(&config.log.level, config.log.format);
     let listeners = match Listeners::bind(&config) {
         Ok(listeners) => listeners,
         Err(e) => {

@@ -172,6 +172,124 @@ impl OriginPolicy {
     }
 }
 
+/// Why a request's `Origin` was refused by an [`OriginRule`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OriginRefusal {
+    /// The rule requires an `Origin` header (`require_origin`) and the request carries none.
+    #[error("an `Origin` header is required here (require_origin)")]
+    Missing,
+    /// The `Origin` is present and neither listed nor (without a list) the page's own.
+    #[error("origin `{origin}` is not allowed: add it to {key}")]
+    Foreign {
+        /// The refused header value.
+        origin: String,
+        /// The config key whose list refused it.
+        key: String,
+    },
+}
+
+/// Which browser origins a listener accepts, as one config list decides: the listed origins
+/// (exact and `*.domain` patterns, and `*` for any origin where the rule honours it), or, with
+/// no list configured, only a page's own origin (its host and port are the request's `Host`).
+/// A request without `Origin` comes from a program, not a browser page, and passes unless the
+/// rule requires the header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginRule {
+    /// The listed origins; `None` when no list is configured (same origin only).
+    listed: Option<OriginPolicy>,
+    /// Whether `*` was listed (and honoured): every origin passes.
+    any: bool,
+    /// Whether a request without an `Origin` header is refused.
+    require: bool,
+    /// The config key the list comes from, named in refusals (`server.allowed_origins`).
+    key: String,
+}
+
+impl OriginRule {
+    /// Build the rule from an optional list. `*` means any origin when `honour_any` is set and
+    /// is refused otherwise. The error carries the index of the first bad entry.
+    pub fn new<S: AsRef<str>>(
+        list: Option<&[S]>,
+        honour_any: bool,
+        require: bool,
+        key: &str,
+    ) -> Result<Self, (usize, PatternError)> {
+        let mut any = false;
+        let mut patterns = Vec::new();
+        for (i, entry) in list.unwrap_or_default().iter().enumerate() {
+            let entry = entry.as_ref();
+            if entry == "*" {
+                if !honour_any {
+                    return Err((
+                        i,
+                        pattern_error(entry, "the push API never allows every origin"),
+                    ));
+                }
+                any = true;
+            } else {
+                OriginPolicy::new(&[entry]).map_err(|e| (i, e))?;
+                patterns.push(entry);
+            }
+        }
+        Ok(Self {
+            listed: list.map(|_| OriginPolicy::new(&patterns).expect("each entry was checked")),
+            any,
+            require,
+            key: key.to_owned(),
+        })
+    }
+
+    /// The same rule read from another key (a route's list inherited by the push API).
+    pub fn without_any(mut self, key: &str) -> Self {
+        self.any = false;
+        self.key = key.to_owned();
+        self
+    }
+
+    /// Check a request's `Origin` header values against the rule; `host` is its `Host`
+    /// header, which a page's own origin matches when no list is configured.
+    pub fn check<'a>(
+        &self,
+        origins: impl IntoIterator<Item = &'a str>,
+        host: Option<&str>,
+    ) -> Result<(), OriginRefusal> {
+        let mut seen = false;
+        for origin in origins {
+            seen = true;
+            let allowed = self.any
+                || match &self.listed {
+                    Some(policy) => policy.allows(origin),
+                    None => host.is_some_and(|host| same_origin(origin, host)),
+                };
+            if !allowed {
+                return Err(OriginRefusal::Foreign {
+                    origin: origin.to_owned(),
+                    key: self.key.clone(),
+                });
+            }
+        }
+        if self.require && !seen {
+            return Err(OriginRefusal::Missing);
+        }
+        Ok(())
+    }
+}
+
+/// Whether `origin` names the host and port of the `Host` header `host` (a `Host` without a
+/// port means the origin scheme's default port).
+pub(crate) fn same_origin(origin: &str, host: &str) -> bool {
+    let (Some(origin), Some((host, port))) = (split_origin(origin.trim()), split_host(host.trim()))
+    else {
+        return false;
+    };
+    let port = port.or(match origin.scheme.as_str() {
+        "http" | "ws" => Some(80),
+        "https" | "wss" => Some(443),
+        _ => None,
+    });
+    origin.host.eq_ignore_ascii_case(host) && origin.port == port
+}
+
 /// The `Host` header values a listener answers. On a loopback listener only loopback names
 /// (`127.0.0.0/8` literals, `[::1]`, `localhost`) and the configured names are allowed, so a
 /// page on another name that resolves to 127.0.0.1 (DNS rebinding) is refused; on any other
@@ -365,5 +483,92 @@ mod tests {
             let err = HostPolicy::new(true, &[bad]).unwrap_err();
             assert_eq!(err.value, bad);
         }
+    }
+
+    fn rule(list: Option<&[&str]>, require: bool) -> OriginRule {
+        OriginRule::new(list, true, require, "server.allowed_origins").unwrap()
+    }
+
+    #[test]
+    fn without_a_list_only_the_pages_own_origin_passes() {
+        let rule = rule(None, false);
+        assert!(rule
+            .check(["http://127.0.0.1:8080"], Some("127.0.0.1:8080"))
+            .is_ok());
+        assert!(rule
+            .check(["https://Hub.Example.com"], Some("hub.example.com"))
+            .is_ok());
+        assert!(rule
+            .check(["http://hub.example.com"], Some("hub.example.com:80"))
+            .is_ok());
+        let refused = rule.check(["http://evil.example"], Some("127.0.0.1:8080"));
+        assert_eq!(
+            refused.unwrap_err().to_string(),
+            "origin `http://evil.example` is not allowed: add it to server.allowed_origins"
+        );
+        assert!(rule
+            .check(["http://127.0.0.1:8081"], Some("127.0.0.1:8080"))
+            .is_err());
+        assert!(rule
+            .check(["https://hub.example.com"], Some("hub.example.com:80"))
+            .is_err());
+        assert!(rule.check(["null"], Some("127.0.0.1:8080")).is_err());
+        assert!(rule.check(["http://127.0.0.1:8080"], None).is_err());
+        assert!(
+            rule.check([], None).is_ok(),
+            "no Origin: not a browser page"
+        );
+    }
+
+    #[test]
+    fn a_list_replaces_the_same_origin_default() {
+        let rule = rule(
+            Some(&["https://*.example.com", "http://localhost:3000"]),
+            false,
+        );
+        assert!(rule
+            .check(["https://app.example.com"], Some("ws.example.net"))
+            .is_ok());
+        assert!(rule.check(["http://localhost:3000"], None).is_ok());
+        assert!(rule
+            .check(["http://ws.example.net"], Some("ws.example.net"))
+            .is_err());
+        assert!(rule
+            .check(["https://app.example.com", "http://evil.example"], None)
+            .is_err());
+        let none =
+            OriginRule::new::<&str>(Some(&[]), true, false, "routes[0].allowed_origins").unwrap();
+        assert!(none.check(["http://a.example"], Some("a.example")).is_err());
+        assert!(none.check([], None).is_ok());
+    }
+
+    #[test]
+    fn a_star_allows_every_origin_where_honoured() {
+        let any = rule(Some(&["*"]), false);
+        assert!(any.check(["http://evil.example"], None).is_ok());
+        let err = OriginRule::new(
+            Some(&["https://a.example", "*"]),
+            false,
+            false,
+            "push.allowed_origins",
+        )
+        .unwrap_err();
+        assert_eq!(err.0, 1);
+        let inherited = any.without_any("push.allowed_origins");
+        assert!(inherited.check(["http://evil.example"], None).is_err());
+        let err = OriginRule::new(Some(&["app.example.com"]), true, false, "x").unwrap_err();
+        assert_eq!((err.0, err.1.value.as_str()), (0, "app.example.com"));
+    }
+
+    #[test]
+    fn a_required_origin_refuses_requests_without_one() {
+        let rule = rule(Some(&["https://app.example.com"]), true);
+        assert_eq!(rule.check([], None).unwrap_err(), OriginRefusal::Missing);
+        assert!(rule.check(["https://app.example.com"], None).is_ok());
+        assert!(rule
+            .check([], None)
+            .unwrap_err()
+            .to_string()
+            .contains("require_origin"));
     }
 }

@@ -4,6 +4,7 @@
 //! | method and path | body | reply |
 //! |---|---|---|
 //! | `GET /healthz` (no token) | | `{"status": "ok", ...counters}` |
+//! | `GET /readyz` (no token) | | 200 `{"status": "ready"}`, or 503 `{"status": "not_ready", "reasons": [...]}` |
 //! | `GET /api/connections` | | `{"connections": [{id, route, remote, channels, connected_since}]}` |
 //! | `GET /api/channels` | | `{"channels": [{name, subscribers}]}` |
 //! | `POST /api/connections/{id}/send` | `{"text": str}` or `{"binary": base64}` | `{"sent": true}` |
@@ -19,8 +20,9 @@
 //! [`ws2api::configure_push`]. What every endpoint shares is in [`guard`].
 //!
 //! Every path first checks `Host` (DNS rebinding) and `Origin` (CSRF: a present `Origin` must be
-//! in `push.allowed_origins`), see [`crate::origin`]; then the token, except on `/healthz`. The
-//! `/api` bodies must be `application/json`, and every body must arrive within
+//! allowed by `push.allowed_origins`, or by `server.allowed_origins` when that is unset), see
+//! [`crate::origin`]; then the token, except on `/healthz` and `/readyz`. The `/api` bodies
+//! must be `application/json`, and every body must arrive within
 //! `push.body_timeout_ms`.
 //!
 //! Errors: 400 malformed body or id, 401 missing/wrong bearer token, 403 foreign `Origin` or
@@ -43,6 +45,7 @@ use crate::channel::ChannelName;
 use crate::config::RelayFormat;
 use crate::frame::{close_code, Close, Frame};
 use crate::hub::HubHandle;
+use crate::readiness::Readiness;
 use guard::{connection_id, read_json};
 
 /// Register the push API's routes, with the compatibility paths of the relay format, if any.
@@ -54,6 +57,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, relay: Option<RelayFormat>) {
     }
     cfg.route("/", web::post().to(crate::push_rpc::handle))
         .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
         .configure(dashboard::configure)
         .service(
             web::scope("/api")
@@ -93,6 +97,22 @@ async fn healthz(
         "started_at": settings.started_at,
     });
     Ok(HttpResponse::Ok().json(body))
+}
+
+/// Readiness for load balancers: the reasons not to send new clients here, from the shared
+/// flag set (no hub round trip).
+async fn readyz(_: Allowed, readiness: web::Data<Readiness>) -> HttpResponse {
+    let reasons = readiness.reasons();
+    if reasons.is_empty() {
+        return HttpResponse::Ok().json(json!({"status": "ready"}));
+    }
+    let names: Vec<&str> = reasons.iter().map(|r| r.name()).collect();
+    let message: Vec<&str> = reasons.iter().map(|r| r.describe()).collect();
+    HttpResponse::ServiceUnavailable().json(json!({
+        "status": "not_ready",
+        "reasons": names,
+        "message": message.join("; "),
+    }))
 }
 
 async fn list_connections(

@@ -25,9 +25,10 @@ use crate::hook::connect::ConnectHook;
 use crate::hub::HubHandle;
 use crate::metrics::{Metrics, RouteLabels};
 use crate::push::{self, PushSettings};
+use crate::readiness::{NotReady, Readiness};
 use crate::session::RouteContext;
 use crate::shutdown;
-use crate::upgrade::{self, Upgrader};
+use crate::upgrade::{self, UpgradeRoute, Upgrader};
 
 /// The sample page, embedded so the binary serves it from any working directory.
 const PAGE: &str = include_str!("../static/index.html");
@@ -162,7 +163,20 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_with_readiness(config, listeners, shutdown, Readiness::default()).await
+}
+
+/// [`run`], reporting readiness through `readiness` (`/readyz`): starting until the servers
+/// run and the hub answers, draining from the shutdown signal on. Other components (the
+/// cluster link) set their own reasons on a clone.
+pub async fn run_with_readiness(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    readiness: Readiness,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    let readiness_data = web::Data::new(readiness.clone());
     // One hub for the whole process, started before the servers; workers get its address.
     let metrics = Arc::new(Metrics::new());
     let hub = HubHandle::start(config.limits.subscriptions(), metrics.clone());
@@ -199,7 +213,7 @@ pub async fn run(
         })
         .collect();
     let push_settings = web::Data::new(PushSettings::new(
-        &config.push,
+        &config,
         config.limits.max_message_size / 3 * 4 + PUSH_BODY_OVERHEAD,
     ));
     let workers = match config.server.workers {
@@ -216,6 +230,7 @@ pub async fn run(
         let config = config.clone();
         let hub_data = hub_data.clone();
         let push_settings = push_settings.clone();
+        let readiness_data = readiness_data.clone();
         let notices = notices.clone();
         actix_server::Server::build()
             .workers(workers)
@@ -229,7 +244,13 @@ pub async fn run(
                 let upgrader = Rc::new(Upgrader {
                     routes: routes
                         .iter()
-                        .map(|route| (ResourceDef::new(&*route.path), route.clone().into_inner()))
+                        .enumerate()
+                        .map(|(i, route)| UpgradeRoute {
+                            pattern: ResourceDef::new(&*route.path),
+                            context: route.clone().into_inner(),
+                            origins: config.handshake_origins(i),
+                            accept_token: config.routes[i].accept_token().map(str::to_owned),
+                        })
                         .collect(),
                     backend: backend.clone(),
                     authorizer: authorizer.clone(),
@@ -241,6 +262,7 @@ pub async fn run(
                     .app_data(web::Data::new(backend))
                     .app_data(web::Data::new(authorizer))
                     .app_data(web::Data::new(admission))
+                    .app_data(readiness_data.clone())
                     .app_data(hub_data.clone());
                 for route in &routes {
                     app = app
@@ -281,8 +303,10 @@ pub async fn run(
         Some(listener) => {
             let hub_data = hub_data.clone();
             let push_settings = push_settings.clone();
+            let readiness_data = readiness_data.clone();
             Some(side_server(listener, move |cfg| {
                 cfg.app_data(hub_data.clone())
+                    .app_data(readiness_data.clone())
                     .app_data(push_settings.clone())
                     .configure(|cfg| push::configure(cfg, relay_format));
             })?)
@@ -301,6 +325,11 @@ pub async fn run(
         }
         None => None,
     };
+
+    // Ready once the hub answers (the servers are running by now).
+    if hub.stats().await.is_ok() {
+        readiness.clear(NotReady::Starting);
+    }
 
     // A server that ends on its own (it should not) is noticed: the hub then shuts down as on
     // a signal and the process exits with an error.
@@ -330,6 +359,16 @@ pub async fn run(
     };
     if let Some(why) = &unexpected {
         log::error!("{why}; shutting down");
+    }
+    // Tell the load balancer first (`/readyz` 503) and give it `server.drain_delay_ms` to
+    // stop sending clients; the listener keeps accepting meanwhile, so none is turned away.
+    readiness.set(NotReady::Draining);
+    if unexpected.is_none() && !config.drain_delay().is_zero() {
+        log::info!(
+            "draining: /readyz answers 503; closing connections in {:?} (server.drain_delay_ms)",
+            config.drain_delay()
+        );
+        tokio::time::sleep(config.drain_delay()).await;
     }
     // Stop accepting first, so no new socket arrives while the old ones are being closed.
     ws_handle.pause().await;

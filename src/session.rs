@@ -338,8 +338,8 @@ impl Actor for Session {
         // beyond it (closes, replacement).
         ctx.set_mailbox_capacity(self.route.limits.outbound_queue + 16);
         log::info!(
-            "connect id={} route={} remote={}",
-            self.id,
+            id:% = self.id;
+            "connect route={} remote={}",
             self.route.path,
             self.remote.as_deref().unwrap_or("-")
         );
@@ -407,8 +407,8 @@ impl Actor for Session {
         // Dropping the guard tells shutdown this session is over.
         self.drain_guard.take();
         log::info!(
-            "disconnect id={} route={} remote={} code={}",
-            self.id,
+            id:% = self.id;
+            "disconnect route={} remote={} code={}",
             self.route.path,
             self.remote.as_deref().unwrap_or("-"),
             self.close_code.unwrap_or(close_code::ABNORMAL)
@@ -436,7 +436,7 @@ impl Session {
         if gap > interval * 2 {
             // This process was not scheduled (stopped, a paused VM): the silence was ours, not
             // the client's. Ask again and give it a whole timeout to answer.
-            log::debug!("id={} heartbeat resumed after a {gap:?} gap", self.id);
+            log::debug!(id:% = self.id; "heartbeat resumed after a {gap:?} gap");
             self.last_seen = now;
             self.last_write = now;
             self.ping(ctx);
@@ -447,8 +447,7 @@ impl Session {
         }
         if !self.outbox.is_empty() && now.duration_since(self.last_write) > timeout {
             log::info!(
-                "id={} not reading: nothing written for {timeout:?}; closing the socket",
-                self.id
+                id:% = self.id; "not reading: nothing written for {timeout:?}; closing the socket"
             );
             self.close_code.get_or_insert(close_code::POLICY_VIOLATION);
             self.close_reason
@@ -456,7 +455,7 @@ impl Session {
             return self.abort(ctx);
         }
         if now.duration_since(self.last_seen) > timeout {
-            log::info!("id={} heartbeat timeout after {:?}", self.id, timeout);
+            log::info!(id:% = self.id; "heartbeat timeout after {:?}", timeout);
             return self.close(ctx, Close::new(close_code::GOING_AWAY, "heartbeat timeout"));
         }
         self.ping(ctx);
@@ -501,7 +500,7 @@ impl Session {
         self.backlog.add(size);
         self.send(ctx, opcode, payload, Some(size));
         if self.backlog.over_budget() && !self.gate.paused.get() {
-            log::debug!("id={} backlog over budget: reading paused", self.id);
+            log::debug!(id:% = self.id; "backlog over budget: reading paused");
             self.gate.paused.set(true);
         }
     }
@@ -544,7 +543,7 @@ impl Session {
                 }
             }
             Err(e) => {
-                log::debug!("id={} write failed: {e}", self.id);
+                log::debug!(id:% = self.id; "write failed: {e}");
                 self.abort(ctx);
             }
         }
@@ -598,14 +597,12 @@ impl Session {
         ctx.run_later(wait, |act, ctx| {
             if act.outbox.is_empty() {
                 log::debug!(
-                    "id={} no answer to the close frame; closing the socket",
-                    act.id
+                    id:% = act.id; "no answer to the close frame; closing the socket"
                 );
                 act.finish(ctx);
             } else {
                 log::info!(
-                    "id={} not reading: the close frame was never taken; resetting the socket",
-                    act.id
+                    id:% = act.id; "not reading: the close frame was never taken; resetting the socket"
                 );
                 act.abort(ctx);
             }
@@ -684,7 +681,7 @@ impl Session {
             "rate limit: more than {} messages or {} bytes per second",
             limits.max_messages_per_second, limits.max_bytes_per_second
         );
-        log::info!("id={} {reason}", self.id);
+        log::info!(id:% = self.id; "{reason}");
         self.fail(ctx, Close::new(close_code::POLICY_VIOLATION, reason));
     }
 
@@ -808,15 +805,14 @@ impl StreamHandler<Result<Incoming, ReadError>> for Session {
             Ok(frame) => frame,
             Err(ReadError::Refused(close)) => {
                 log::debug!(
-                    "id={} closing with {}: {}",
-                    self.id,
+                    id:% = self.id; "closing with {}: {}",
                     close.code,
                     close.reason
                 );
                 return self.fail(ctx, close);
             }
             Err(ReadError::Io(e)) => {
-                log::debug!("id={} read error: {e}", self.id);
+                log::debug!(id:% = self.id; "read error: {e}");
                 return ctx.stop();
             }
         };
@@ -866,8 +862,7 @@ impl Handler<Deliver> for Session {
                 let (messages, bytes) = self.outbox.drop_unstarted();
                 self.backlog.release(messages, bytes);
                 log::debug!(
-                    "id={} cut off: {messages} queued message(s) dropped",
-                    self.id
+                    id:% = self.id; "cut off: {messages} queued message(s) dropped"
                 );
                 self.close(
                     ctx,

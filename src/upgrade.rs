@@ -29,12 +29,13 @@ use crate::courier::CourierHandle;
 use crate::frame::Frame;
 use crate::hook::authorize::Authorizer;
 use crate::hook::connect::{Admit, ConnectHook};
+use crate::origin::OriginRule;
 use crate::session::{self, RouteContext, SessionSetup};
 
 /// The upgrade's view of one worker: the routes and this worker's backend and hooks.
 pub(crate) struct Upgrader {
-    /// Each WebSocket route with its path pattern (`{id}` segments are captured).
-    pub routes: Vec<(ResourceDef, Arc<RouteContext>)>,
+    /// Each WebSocket route, in config order.
+    pub routes: Vec<UpgradeRoute>,
     /// This worker's backend.
     pub backend: Backend,
     /// This worker's authorization hook.
@@ -45,6 +46,18 @@ pub(crate) struct Upgrader {
     pub max_connections: usize,
     /// This worker's courier.
     pub courier: CourierHandle,
+}
+
+/// What the upgrade knows of one route.
+pub(crate) struct UpgradeRoute {
+    /// The path pattern (`{id}` segments are captured).
+    pub pattern: ResourceDef,
+    /// What the route's sessions share.
+    pub context: Arc<RouteContext>,
+    /// The origins whose pages may open it.
+    pub origins: OriginRule,
+    /// The bearer token sent to its connect hook (`routes[i].accept_token`), if set.
+    pub accept_token: Option<String>,
 }
 
 /// A refused upgrade: the status, a JSON body, and any extra header.
@@ -125,6 +138,40 @@ pub(crate) fn check_handshake(head: &actix_http::RequestHead) -> Result<(), Refu
     Ok(())
 }
 
+// --- Origin allow-list (the handshake's cross-site check) ---
+
+/// Refuse a handshake whose `Origin` the route's rule does not allow (a page on another
+/// site), with 403 and a log line naming the origin and the key to add it to.
+fn check_origin(
+    req: &Request,
+    origins: &OriginRule,
+    trusted: &TrustedProxies,
+) -> Result<(), Refusal> {
+    let values = req
+        .headers()
+        .get_all(header::ORIGIN)
+        .map(|value| value.to_str().unwrap_or(""));
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|value| value.to_str().unwrap_or(""));
+    origins.check(values, host).map_err(|refusal| {
+        let remote = client_address(req.peer_addr(), req.headers(), trusted);
+        log::warn!(
+            "refusing a WebSocket upgrade on {} from {}: {refusal}",
+            req.path(),
+            remote.as_deref().unwrap_or("-")
+        );
+        Refusal::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            refusal.to_string(),
+        )
+    })
+}
+
+// --- end of the origin allow-list ---
+
 /// An X-Forwarded-For entry as an IP: `1.2.3.4`, `1.2.3.4:5`, `::1` or `[::1]:5`.
 fn forwarded_ip(entry: &str) -> Option<IpAddr> {
     entry
@@ -182,11 +229,10 @@ impl Upgrader {
     /// Decide on one handshake: everything a session needs, or why not.
     async fn admit(&self, req: &Request) -> Result<AdmittedSession, Refusal> {
         let mut path = Path::new(Url::new(req.uri().clone()));
-        let Some(route) = self
+        let Some(entry) = self
             .routes
             .iter()
-            .find(|(pattern, _)| pattern.capture_match_info(&mut path))
-            .map(|(_, route)| route.clone())
+            .find(|entry| entry.pattern.capture_match_info(&mut path))
         else {
             return Err(Refusal::new(
                 StatusCode::NOT_FOUND,
@@ -195,6 +241,8 @@ impl Upgrader {
             ));
         };
         check_handshake(req.head())?;
+        let route = entry.context.clone();
+        check_origin(req, &entry.origins, &route.trusted_proxies)?;
         let live = route.sessions.live();
         if live >= self.max_connections {
             log::warn!(
@@ -260,7 +308,7 @@ impl Upgrader {
                     ))
                 }
                 Ok(Err(e)) => {
-                    log::warn!("id={id} connect check failed: {e}");
+                    log::warn!(id:% = id; "connect check failed: {e}");
                     return Err(bad_gateway());
                 }
                 Err(_) => return Err(bad_gateway()),
@@ -280,6 +328,7 @@ impl Upgrader {
             let admit = Admit {
                 url: url.clone(),
                 handshake,
+                token: entry.accept_token.clone(),
             };
             let refused = |status: StatusCode| {
                 Refusal::new(

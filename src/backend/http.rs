@@ -365,11 +365,11 @@ impl HttpBackend {
             if is_connect {
                 let dropped = self.notices.note_dropped();
                 log::warn!(
-                    "id={id} connect notice dropped: backend.max_in_flight ({max}) callouts in flight; {dropped} notice(s) dropped since start"
+                    id:% = id; "connect notice dropped: backend.max_in_flight ({max}) callouts in flight; {dropped} notice(s) dropped since start"
                 );
             } else {
                 log::warn!(
-                    "id={id} frame refused: backend.max_in_flight ({max}) callouts in flight"
+                    id:% = id; "frame refused: backend.max_in_flight ({max}) callouts in flight"
                 );
             }
             queue.reply_to.do_send(BackendReply::Failed(Close::new(
@@ -399,17 +399,17 @@ impl HttpBackend {
                 Ok(None) => Some(BackendReply::Done),
                 Err(BackendError::Refused(status)) => {
                     // The application refused this one callout: logged, the connection lives.
-                    log::warn!("id={id} {request}: backend answered {status}");
+                    log::warn!(id:% = id; "{request}: backend answered {status}");
                     (!is_connect).then_some(BackendReply::Done)
                 }
                 Err(e) => {
                     if is_connect {
                         let dropped = act.notices.note_dropped();
                         log::warn!(
-                            "id={id} backend callout failed, connect notice dropped: {request}: {e}; {dropped} notice(s) dropped since start"
+                            id:% = id; "backend callout failed, connect notice dropped: {request}: {e}; {dropped} notice(s) dropped since start"
                         );
                     } else {
-                        log::warn!("id={id} backend callout failed ({what}): {request}: {e}");
+                        log::warn!(id:% = id; "backend callout failed ({what}): {request}: {e}");
                     }
                     Some(BackendReply::Failed(e.close()))
                 }
@@ -450,7 +450,7 @@ impl HttpBackend {
             match result {
                 Ok(_) => act.finish_notice(key, &notice),
                 Err(BackendError::Refused(status)) => {
-                    log::warn!("id={id} {request}: backend answered {status}; not retried");
+                    log::warn!(id:% = id; "{request}: backend answered {status}; not retried");
                     act.finish_notice(key, &notice);
                 }
                 Err(e) => act.retry_notice(key, notice, &request, e, ctx),
@@ -499,7 +499,7 @@ impl HttpBackend {
         if let Some(why) = why {
             let dropped = self.notices.note_dropped();
             log::warn!(
-                "id={id} disconnect notice dropped: {request}: {error}; {why}; {dropped} notice(s) dropped since start"
+                id:% = id; "disconnect notice dropped: {request}: {error}; {why}; {dropped} notice(s) dropped since start"
             );
             self.finish_notice(key, &notice);
             return;
@@ -509,12 +509,12 @@ impl HttpBackend {
             // Where a frame's callout gives up; a notice is kept.
             notice.warned = true;
             log::warn!(
-                "id={id} disconnect notice still not delivered after {elapsed:?}: {request}: {error}; kept, retrying for up to {:?} in all",
+                id:% = id; "disconnect notice still not delivered after {elapsed:?}: {request}: {error}; kept, retrying for up to {:?} in all",
                 settings.notice_retry
             );
         } else {
             log::debug!(
-                "id={id} disconnect notice: {request}: {error}; retrying in {:?}",
+                id:% = id; "disconnect notice: {request}: {error}; retrying in {:?}",
                 notice.backoff
             );
         }

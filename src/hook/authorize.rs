@@ -41,6 +41,8 @@ pub struct Authorize {
 pub struct Authorizer {
     client: awc::Client,
     url: String,
+    /// The bearer token sent with every question (`authorization.token`), if set.
+    token: Option<String>,
     /// Deadline for one question, answer body included.
     timeout: Duration,
     ttl: Duration,
@@ -67,6 +69,7 @@ impl Authorizer {
             Authorizer {
                 client,
                 url,
+                token: config.token().map(str::to_owned),
                 timeout: Duration::from_millis(config.timeout_ms.get()),
                 ttl: Duration::from_millis(config.cache_ms),
                 cache: HashMap::new(),
@@ -106,7 +109,11 @@ impl Handler<Authorize> for Authorizer {
         if let (Value::Object(body), Value::Object(context)) = (&mut body, msg.context) {
             body.extend(context);
         }
-        let request = self.client.post(&self.url).send_json(&body);
+        let mut request = self.client.post(&self.url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let request = request.send_json(&body);
         let url = self.url.clone();
         let id = msg.id;
         let serial = msg.serial;
@@ -138,7 +145,7 @@ impl Handler<Authorize> for Authorizer {
                     let granted = match result {
                         Ok(granted) => granted,
                         Err(e) => {
-                            log::warn!("id={id} authorization hook {url} failed, denying: {e}");
+                            log::warn!(id:% = id; "authorization hook {url} failed, denying: {e}");
                             act.metrics.hook_answered("authorize", HookOutcome::Failed);
                             HashSet::new()
                         }

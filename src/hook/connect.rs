@@ -29,6 +29,8 @@ pub struct Admit {
     pub url: String,
     /// `{"path", "headers", "remote"}` of the handshake.
     pub handshake: Value,
+    /// The route's `accept_token`, sent as `Authorization: Bearer`, if set.
+    pub token: Option<String>,
 }
 
 /// One worker's connect-hook client.
@@ -60,7 +62,11 @@ impl Handler<Admit> for ConnectHook {
     type Result = ResponseFuture<Result<Option<Frame>, u16>>;
 
     fn handle(&mut self, msg: Admit, _: &mut Context<Self>) -> Self::Result {
-        let request = self.client.post(&msg.url).send_json(&msg.handshake);
+        let mut request = self.client.post(&msg.url);
+        if let Some(token) = &msg.token {
+            request = request.bearer_auth(token);
+        }
+        let request = request.send_json(&msg.handshake);
         let exchange = async move {
             let mut response = request.await?;
             BackendError::check_status(response.status())?;

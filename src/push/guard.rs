@@ -12,11 +12,11 @@ use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::config::PushConfig;
+use crate::config::Config;
 use crate::connection::ConnectionId;
 use crate::delivery::Undelivered;
 use crate::hub::HubUnavailable;
-use crate::origin::{HostPolicy, OriginPolicy};
+use crate::origin::{HostPolicy, OriginRule};
 
 /// The push API's shared settings, kept in app data.
 pub struct PushSettings {
@@ -27,7 +27,7 @@ pub struct PushSettings {
     /// How long a request body may take to arrive.
     pub body_timeout: Duration,
     /// Origins whose pages may call the push API (requests without `Origin` always may).
-    pub origins: OriginPolicy,
+    pub origins: OriginRule,
     /// `Host` values the push API answers (DNS rebinding).
     pub hosts: HostPolicy,
     /// When this hub started, reported by `/healthz` so operators can tell hubs apart.
@@ -35,16 +35,16 @@ pub struct PushSettings {
 }
 
 impl PushSettings {
-    /// The settings of a validated `[push]` section, with the body limit the server derives
-    /// from `limits.max_message_size`.
-    pub fn new(push: &PushConfig, max_body: usize) -> Self {
+    /// The settings of a validated config's `[push]` section (and the origin list it may
+    /// inherit from `[server]`), with the body limit the server derives from
+    /// `limits.max_message_size`.
+    pub fn new(config: &Config, max_body: usize) -> Self {
+        let push = &config.push;
         Self {
             token: push.token().map(str::to_owned),
             max_body,
             body_timeout: push.body_timeout(),
-            origins: push
-                .origin_policy()
-                .expect("push.allowed_origins is checked by Config::validate"),
+            origins: config.push_origins(),
             hosts: push
                 .host_policy()
                 .expect("push.allowed_hosts is checked by Config::validate"),
@@ -161,21 +161,17 @@ fn check_host_and_origin(req: &HttpRequest, settings: &PushSettings) -> Result<(
             )));
         }
     }
-    for origin in req.headers().get_all(header::ORIGIN) {
-        let origin = origin.to_str().unwrap_or("");
-        // A page this listener served itself (the dashboard) is not a foreign site.
-        let same_origin = host.is_some_and(|host| {
-            origin
-                .strip_prefix("http://")
-                .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
-        });
-        if !same_origin && !settings.origins.allows(origin) {
-            return Err(ApiError::Forbidden(format!(
-                "requests from origin `{origin}` are not allowed: add it to push.allowed_origins"
-            )));
-        }
-    }
-    Ok(())
+    // A page this listener served itself (the dashboard) is not a foreign site, whatever
+    // the list says: its `Host` already passed the check above.
+    let origins = req
+        .headers()
+        .get_all(header::ORIGIN)
+        .map(|origin| origin.to_str().unwrap_or(""))
+        .filter(|origin| !host.is_some_and(|host| crate::origin::same_origin(origin, host)));
+    settings
+        .origins
+        .check(origins, host)
+        .map_err(|e| ApiError::Forbidden(format!("push API: {e}")))
 }
 
 fn settings_of(req: &HttpRequest) -> Result<&PushSettings, ApiError> {

@@ -140,6 +140,27 @@ async fn open_page(devtools_port: u16) -> Page {
     }
 }
 
+/// Chromium on the hub's sample page, once the page has loaded.
+async fn load_page(binary: &str, hub: &HubProcess) -> (Browser, Page) {
+    let (browser, port) = launch(binary, &hub.http_url("/"));
+    let mut page = open_page(port).await;
+    page.wait_until("document.readyState === 'complete' && document.querySelector('#rpc-connect')")
+        .await;
+    (browser, page)
+}
+
+/// Click a panel's Connect button (`echo` or `rpc`) and wait until its socket is open.
+async fn connect_panel(page: &mut Page, panel: &str) {
+    page.eval(&format!(
+        "document.querySelector('#{panel}-connect').click()"
+    ))
+    .await;
+    page.wait_until(&format!(
+        "document.querySelector('#{panel}-status').dataset.state === 'open'"
+    ))
+    .await;
+}
+
 const LOG_HAS: &str = "((log, dir, text) => [...document.querySelectorAll(log + ' .entry')].some(e => e.dataset.dir === dir && e.textContent.includes(text)))";
 
 #[actix_web::test]
@@ -147,18 +168,10 @@ const LOG_HAS: &str = "((log, dir, text) => [...document.querySelectorAll(log + 
 async fn the_sample_page_echoes_subscribes_and_shows_deliveries() {
     let binary = chromium().expect("chromium is not installed (apt-get install chromium)");
     let hub = start(&demo_config(""));
-    let (_browser, port) = launch(binary, &hub.http_url("/"));
-    let mut page = open_page(port).await;
-    page.wait_until(
-        "document.readyState === 'complete' && document.querySelector('#echo-connect')",
-    )
-    .await;
+    let (_browser, mut page) = load_page(binary, &hub).await;
 
     // Echo: connect, send, see the echo.
-    page.eval("document.querySelector('#echo-connect').click()")
-        .await;
-    page.wait_until("document.querySelector('#echo-status').dataset.state === 'open'")
-        .await;
+    connect_panel(&mut page, "echo").await;
     page.eval("document.querySelector('#echo-input').value = 'hello from chromium'; document.querySelector('#echo-send').click()").await;
     page.wait_until(&format!(
         "{LOG_HAS}('#echo-log', 'in', 'hello from chromium')"
@@ -166,10 +179,7 @@ async fn the_sample_page_echoes_subscribes_and_shows_deliveries() {
     .await;
 
     // Channels: connect, subscribe, then a publish from a backend shows up as a delivery.
-    page.eval("document.querySelector('#rpc-connect').click()")
-        .await;
-    page.wait_until("document.querySelector('#rpc-status').dataset.state === 'open'")
-        .await;
+    connect_panel(&mut page, "rpc").await;
     page.eval("document.querySelector('#channel').value = 'browser-demo'; document.querySelector('#subscribe').click()").await;
     page.wait_until(&format!("{LOG_HAS}('#rpc-log', 'in', 'subscribed')"))
         .await;
@@ -293,6 +303,50 @@ async fn the_dashboard_shows_the_hubs_figures_and_publishes() {
     }
     page.wait_until("document.querySelector('#deliveries').textContent === '9'")
         .await;
+    let _ = page.ws.close(None).await;
+    let _ = page.ws.next().await;
+}
+
+/// Whether the log has an entry marked as an error (red).
+const LOG_HAS_ERROR: &str =
+    "((log) => [...document.querySelectorAll(log + ' .entry.err')].map(e => e.textContent))";
+
+#[actix_web::test]
+#[cfg_attr(missing_chromium, ignore = "chromium is not installed")]
+async fn in_the_demo_config_connect_then_publish_shows_a_delivery_from_the_backend() {
+    let binary = chromium().expect("chromium is not installed (apt-get install chromium)");
+    // The demo config itself, with the push API on the page's listener as it sets it.
+    let config = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
+        .expect("read config.toml");
+    let hub = start_with_args(
+        &config,
+        &["--listen", "127.0.0.1:0", "--push-listen", "127.0.0.1:0"],
+    );
+    assert_eq!(hub.ws, hub.push, "the demo config shares one listener");
+    let (_browser, mut page) = load_page(binary, &hub).await;
+
+    // The first natural clicks: Connect, then Publish.
+    connect_panel(&mut page, "rpc").await;
+    page.eval("document.querySelector('#data').value = '{\"note\": \"from the page backend\"}'; document.querySelector('#publish').click()").await;
+    page.wait_until(&format!(
+        "{LOG_HAS}('#rpc-log', 'in', 'published: reached 1')"
+    ))
+    .await;
+    page.wait_until(&format!(
+        "{LOG_HAS}('#rpc-log', 'in', 'from the page backend')"
+    ))
+    .await;
+    assert_eq!(
+        page.eval(&format!("{LOG_HAS_ERROR}('#rpc-log')")).await,
+        json!([]),
+        "no red entry in the log"
+    );
+    // The hub saw a subscriber on lobby (the page subscribed itself) and the publish.
+    let channels = get(&hub, "/api/channels").await;
+    assert_eq!(
+        channels.json["channels"],
+        json!([{"name": "lobby", "subscribers": 1}])
+    );
     let _ = page.ws.close(None).await;
     let _ = page.ws.next().await;
 }

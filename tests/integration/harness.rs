@@ -66,9 +66,18 @@ pub fn start_with_env(config: &str, args: &[&str], env: &[(&str, &str)]) -> HubP
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             if let Some(rest) = line.split("listening websocket=").nth(1) {
+                // The address ends at a space or, in a JSON log line, at the closing quote.
+                let addr = |text: &str| -> SocketAddr {
+                    text.split(['"', ' '])
+                        .next()
+                        .unwrap()
+                        .trim()
+                        .parse()
+                        .unwrap()
+                };
                 let mut parts = rest.split(" push=");
-                let ws: SocketAddr = parts.next().unwrap().trim().parse().unwrap();
-                let push: SocketAddr = parts.next().unwrap().trim().parse().unwrap();
+                let ws = addr(parts.next().unwrap());
+                let push = addr(parts.next().unwrap());
                 let _ = tx.send((ws, push));
             }
             let mut log = sink.lock().unwrap();
@@ -144,12 +153,17 @@ impl HubProcess {
 
     /// Send SIGTERM and wait for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
+        self.signal_term();
+        self.wait_exit()
+    }
+
+    /// Send SIGTERM without waiting (this thread stays free for the test's own clients).
+    pub fn signal_term(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success());
-        self.wait_exit()
     }
 
     /// Wait (bounded) for the process to exit.
@@ -178,6 +192,15 @@ impl Drop for HubProcess {
 
 /// Run the binary with a config and flags and return (exit code, stderr), expecting it to exit.
 pub fn run_to_exit(config: &str, args: &[&str]) -> (Option<i32>, String) {
+    run_to_exit_with_env(config, args, &[])
+}
+
+/// [`run_to_exit`] with these environment variables.
+pub fn run_to_exit_with_env(
+    config: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("config.toml");
     std::fs::write(&path, config).expect("write config");
@@ -185,6 +208,7 @@ pub fn run_to_exit(config: &str, args: &[&str]) -> (Option<i32>, String) {
         .arg("--config")
         .arg(&path)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("run switchboard");

@@ -16,5 +16,6 @@ mod lifecycle;
 mod metrics;
 mod mock_backend;
 mod nginx;
+mod ops;
 mod push_api;
 mod relay;

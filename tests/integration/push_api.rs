@@ -67,7 +67,7 @@ async fn send_close_and_list_connections() {
     );
     assert_eq!(expect_close(&mut ws).await, (4001, "bye".to_owned()));
     wait_for_connections(&hub, 1).await;
-    hub.wait_for_log(&format!("disconnect id={id} route=/ws"))
+    hub.wait_for_log(&format!("id={id} disconnect route=/ws"))
         .await;
 }
 

@@ -240,13 +240,19 @@ async fn disconnect_notice_arrives_exactly_once_however_the_connection_ends() {
     drop(dropped);
     let _silent = raw_silent_client(hub.ws, "/by-timeout").await;
     hub.wait_for_log("heartbeat timeout").await;
-    // Shutdown: the hub waits for the notices before it exits. This client reads (so it
-    // answers the 50 ms pings) until the hub closes it.
+    // Shutdown: the hub waits for the notices before it exits. This client reads and flushes
+    // (so it answers the 50 ms pings through the drain delay) until the hub closes it.
     let mut open = connect(&hub.ws_url("/by-shutdown")).await;
-    let reader = actix_web::rt::spawn(async move { while let Some(Ok(_)) = open.next().await {} });
+    let reader = actix_web::rt::spawn(async move {
+        while let Some(Ok(_)) = open.next().await {
+            let _ = open.flush().await;
+        }
+    });
     wait_for_connections(&hub, 1).await;
-    assert_eq!(hub.terminate().code(), Some(0));
+    // Signal without blocking this thread: the reader runs on it through the drain delay.
+    hub.signal_term();
     reader.await.unwrap();
+    assert_eq!(hub.wait_exit().code(), Some(0));
 
     let received = backend.received();
     assert_eq!(deletes(&received, "by-client"), vec![""]);
