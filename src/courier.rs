@@ -13,7 +13,9 @@ use tokio::sync::oneshot;
 
 use crate::channel::Publication;
 use crate::connection::ConnectionId;
+use crate::delivery::Outbound;
 use crate::dialect::{self, DialectKind};
+use crate::frame::Frame;
 use crate::link::{Link, Queued};
 use crate::metrics::Metrics;
 
@@ -30,6 +32,30 @@ pub struct Fanout {
     pub targets: Vec<Arc<Link>>,
     /// Where the courier reports how it went.
     pub report: oneshot::Sender<Report>,
+}
+
+/// Messages for some sessions beyond their backlog (a close, a replacement), delivered after
+/// every fan-out the hub sent this worker before them, so a close never overtakes a
+/// publication that was reported as reached.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Tell {
+    /// Who is told.
+    pub links: Vec<Arc<Link>>,
+    /// What each is told.
+    pub outbound: Outbound,
+}
+
+/// One frame for one session (a push by id), in order with the worker's fan-outs.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendOne {
+    /// The recipient.
+    pub link: Arc<Link>,
+    /// The frame.
+    pub frame: Frame,
+    /// Where the courier says whether it was queued (`Full`: cut off now).
+    pub report: oneshot::Sender<Queued>,
 }
 
 /// How one worker's share of a fan-out went.
@@ -61,6 +87,37 @@ impl Handler<Fanout> for Courier {
         let report = deliver(&msg.publication, &msg.targets, &self.metrics);
         // The publisher may have stopped waiting; the delivery stands all the same.
         let _ = msg.report.send(report);
+    }
+}
+
+impl Handler<Tell> for Courier {
+    type Result = ();
+
+    fn handle(&mut self, msg: Tell, _: &mut Context<Self>) {
+        for link in &msg.links {
+            link.tell(msg.outbound.clone());
+        }
+    }
+}
+
+impl Handler<SendOne> for Courier {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendOne, _: &mut Context<Self>) {
+        let link = &msg.link;
+        let queued = match link.queue(msg.frame) {
+            Queued::Yes => {
+                self.metrics.delivered(link.dialect, 1);
+                Queued::Yes
+            }
+            Queued::Full if link.cut_off() => {
+                self.metrics.cut_off();
+                Queued::Full
+            }
+            // Cut off by an earlier delivery: as good as gone.
+            Queued::Full | Queued::Gone => Queued::Gone,
+        };
+        let _ = msg.report.send(queued);
     }
 }
 
@@ -117,5 +174,21 @@ impl CourierHandle {
     /// it holds is bounded by the publishers (each waits for its report).
     pub fn send(&self, fanout: Fanout) {
         self.addr.do_send(fanout);
+    }
+
+    /// Tell these sessions of this worker something beyond their backlog (never waits).
+    pub fn tell(&self, links: Vec<Arc<Link>>, outbound: Outbound) {
+        self.addr.do_send(Tell { links, outbound });
+    }
+
+    /// Queue one frame for one session of this worker; the receiver says how it went.
+    pub fn send_one(&self, link: Arc<Link>, frame: Frame) -> oneshot::Receiver<Queued> {
+        let (report, receiver) = oneshot::channel();
+        self.addr.do_send(SendOne {
+            link,
+            frame,
+            report,
+        });
+        receiver
     }
 }

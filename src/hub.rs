@@ -137,8 +137,10 @@ impl HubHandle {
         ops: Vec<ChannelOp>,
     ) -> impl Future<Output = Result<Vec<OpOutcome>, HubUnavailable>> + 'static {
         let hub = self.addr.clone();
+        // Queued now, not when the future is first polled: calls reach the hub in call order.
+        let request = hub.send(Apply { id, ops });
         async move {
-            let settling = answer(hub.send(Apply { id, ops })).await?;
+            let settling = answer(request).await?;
             let mut outcomes = Vec::with_capacity(settling.len());
             for outcome in settling {
                 outcomes.push(outcome.settle(&hub).await);
@@ -165,9 +167,10 @@ impl HubHandle {
         };
         let hub = self.addr.clone();
         let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let request = hub.send(PublishFrom { id, op });
         async move {
-            let started = Instant::now();
-            let settling = answer(hub.send(PublishFrom { id, op })).await?;
+            let settling = answer(request).await?;
             let outcome = settling.settle(&hub).await;
             if let OpOutcome::Published(_) = outcome {
                 metrics.published("client");
@@ -185,9 +188,10 @@ impl HubHandle {
     ) -> impl Future<Output = Result<Delivery, HubUnavailable>> + 'static {
         let hub = self.addr.clone();
         let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let request = hub.send(Publish { channel, data });
         async move {
-            let started = Instant::now();
-            let fanning = answer(hub.send(Publish { channel, data })).await?;
+            let fanning = answer(request).await?;
             let delivery = fanning.settle(&hub).await;
             metrics.published("api");
             metrics.fanned_out(started.elapsed().as_secs_f64());
@@ -202,9 +206,10 @@ impl HubHandle {
     ) -> impl Future<Output = Result<Delivery, HubUnavailable>> + 'static {
         let hub = self.addr.clone();
         let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let request = hub.send(Broadcast { data });
         async move {
-            let started = Instant::now();
-            let fanning = answer(hub.send(Broadcast { data })).await?;
+            let fanning = answer(request).await?;
             let delivery = fanning.settle(&hub).await;
             metrics.published("broadcast");
             metrics.fanned_out(started.elapsed().as_secs_f64());
@@ -218,7 +223,34 @@ impl HubHandle {
         id: ConnectionId,
         frame: Frame,
     ) -> impl Future<Output = Result<Result<(), Undelivered>, HubUnavailable>> + 'static {
-        answer(self.addr.send(SendTo { id, frame }))
+        let hub = self.addr.clone();
+        let request = hub.send(SendTo {
+            id: id.clone(),
+            frame,
+        });
+        async move {
+            let queued = match answer(request).await? {
+                Ok(queued) => queued.await.unwrap_or(Queued::Gone),
+                Err(undelivered) => return Ok(Err(undelivered)),
+            };
+            Ok(match queued {
+                Queued::Yes => Ok(()),
+                Queued::Full => {
+                    hub.do_send(Forget {
+                        stalled: vec![id],
+                        gone: Vec::new(),
+                    });
+                    Err(Undelivered::QueueFull)
+                }
+                Queued::Gone => {
+                    hub.do_send(Forget {
+                        stalled: Vec::new(),
+                        gone: vec![id],
+                    });
+                    Err(Undelivered::UnknownConnection)
+                }
+            })
+        }
     }
 
     /// Close one connection with this code and reason.
@@ -306,7 +338,7 @@ struct Broadcast {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<(), Undelivered>")]
+#[rtype(result = "Result<oneshot::Receiver<Queued>, Undelivered>")]
 struct SendTo {
     id: ConnectionId,
     frame: Frame,
@@ -431,28 +463,20 @@ impl Hub {
         }
     }
 
-    /// Queue a frame for one connection; a full backlog cuts the connection off.
-    fn deliver(&mut self, id: &ConnectionId, frame: Frame) -> Result<(), Undelivered> {
-        let member = self
-            .registry
-            .get(id)
-            .ok_or(Undelivered::UnknownConnection)?;
-        let link = member.link.clone();
-        match link.queue(frame) {
-            Queued::Yes => {
-                self.metrics.delivered(link.dialect, 1);
-                Ok(())
-            }
-            Queued::Full => {
-                if link.cut_off() {
-                    self.metrics.cut_off();
-                    self.forget_stalled(id);
-                }
-                Err(Undelivered::QueueFull)
-            }
-            Queued::Gone => {
-                self.remove(id);
-                Err(Undelivered::UnknownConnection)
+    /// The courier of a link's worker (every registered link's courier is known).
+    fn courier_of(&self, link: &Link) -> Option<&CourierHandle> {
+        self.couriers.get(link.worker).and_then(Option::as_ref)
+    }
+
+    /// Tell every member something beyond its backlog, one message per worker.
+    fn tell_all(&self, outbound: &Outbound) {
+        let mut batches: Vec<Vec<Arc<Link>>> = vec![Vec::new(); self.couriers.len()];
+        for (_, member) in self.registry.members() {
+            batches[member.link.worker].push(member.link.clone());
+        }
+        for (batch, courier) in batches.into_iter().zip(&self.couriers) {
+            if let (Some(courier), false) = (courier, batch.is_empty()) {
+                courier.tell(batch, outbound.clone());
             }
         }
     }
@@ -572,7 +596,9 @@ impl Handler<Connect> for Hub {
                 // The newer connection wins; the older one is told why and forgotten at once,
                 // so a push always reaches the live connection and no orphan is left behind.
                 log::info!(id:% = id; "replaced by a newer connection with the same id");
-                old.link.tell(Outbound::Replaced);
+                if let Some(courier) = self.courier_of(&old.link) {
+                    courier.tell(vec![old.link.clone()], Outbound::Replaced);
+                }
             }
             Ok(None) => {}
             Err(refused) => {
@@ -658,12 +684,19 @@ impl Handler<Broadcast> for Hub {
 }
 
 impl Handler<SendTo> for Hub {
-    type Result = Result<(), Undelivered>;
+    type Result = Result<oneshot::Receiver<Queued>, Undelivered>;
 
     fn handle(&mut self, msg: SendTo, _: &mut Context<Self>) -> Self::Result {
-        let result = self.deliver(&msg.id, msg.frame);
-        self.settle();
-        result
+        let member = self
+            .registry
+            .get(&msg.id)
+            .ok_or(Undelivered::UnknownConnection)?;
+        let courier = self
+            .courier_of(&member.link)
+            .ok_or(Undelivered::UnknownConnection)?;
+        // Through the worker's courier, so the frame keeps its place after the publications
+        // already on their way to this connection.
+        Ok(courier.send_one(member.link.clone(), msg.frame))
     }
 }
 
@@ -676,7 +709,11 @@ impl Handler<CloseConnection> for Hub {
             .get(&msg.id)
             .ok_or(Undelivered::UnknownConnection)?;
         // A close is one small message beyond the backlog: it must reach a stalled client too.
-        member.link.tell(Outbound::Close(msg.close));
+        // It goes through the courier, behind the publications already on their way.
+        let courier = self
+            .courier_of(&member.link)
+            .ok_or(Undelivered::UnknownConnection)?;
+        courier.tell(vec![member.link.clone()], Outbound::Close(msg.close));
         Ok(())
     }
 }
@@ -731,11 +768,9 @@ impl Handler<Shutdown> for Hub {
             let _ = tx.send(());
         } else {
             self.empty_waiters.push(tx);
-            for (_, member) in self.registry.members() {
-                // Shutdown is the one moment every session gets exactly one message beyond its
-                // backlog: the close it must see even when its queue is full.
-                member.link.tell(Outbound::Close(msg.close.clone()));
-            }
+            // Shutdown is the one moment every session gets exactly one message beyond its
+            // backlog: the close it must see even when its queue is full.
+            self.tell_all(&Outbound::Close(msg.close));
         }
         MessageResult(rx)
     }
@@ -744,6 +779,59 @@ impl Handler<Shutdown> for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A session stand-in that records what it was handed, in order.
+    struct Recorder(std::rc::Rc<std::cell::RefCell<Vec<&'static str>>>);
+
+    impl Actor for Recorder {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Deliver> for Recorder {
+        type Result = ();
+
+        fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
+            self.0.borrow_mut().push(match msg.0 {
+                Outbound::Frame(_) => "frame",
+                Outbound::Close(_) => "close",
+                Outbound::Replaced => "replaced",
+                Outbound::CutOff => "cut off",
+            });
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_close_or_a_push_never_overtakes_a_publication_on_its_way() {
+        let hub = HubHandle::start(ROOMY, Arc::new(Metrics::new()));
+        let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let id = ConnectionId::parse("ordered").unwrap();
+        hub.connect(Registration {
+            id: id.clone(),
+            route: Arc::from("/rpc"),
+            remote: None,
+            recipient: Recorder(seen.clone()).start().recipient(),
+            serial: 1,
+            replace: false,
+            dialect: DialectKind::JsonRpc,
+            backlog: Arc::new(Backlog::new(100, 1 << 20)),
+            courier: CourierHandle::start(Arc::new(Metrics::new())),
+        })
+        .unwrap();
+        let channel = ChannelName::parse("c").unwrap();
+        hub.apply(id.clone(), vec![ChannelOp::Subscribe(channel.clone())])
+            .await
+            .unwrap();
+        // Issued back to back: the hub handles all three before any courier runs.
+        let published = hub.publish(channel, serde_json::json!({"n": 1}));
+        let pushed = hub.send_to(id.clone(), Frame::text("direct"));
+        let closed = hub.close(id, Close::new(close_code::NORMAL, "bye"));
+        let (published, pushed, closed) = futures_util::join!(published, pushed, closed);
+        assert_eq!(published.unwrap().reached, 1);
+        assert_eq!(pushed.unwrap(), Ok(()));
+        assert_eq!(closed.unwrap(), Ok(()));
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(*seen.borrow(), ["frame", "frame", "close"]);
+    }
 
     /// A session stand-in that counts deliveries.
     struct Counter(std::rc::Rc<std::cell::Cell<usize>>);
