@@ -138,7 +138,8 @@ struct Common {
     subscribe: Option<String>,
     /// Speak the Pusher protocol (sockudo): wait for `pusher:connection_established`, then
     /// subscribe to this channel with `pusher:subscribe` (with --await-ack: until
-    /// `pusher_internal:subscription_succeeded`); answer `pusher:ping`.
+    /// `pusher_internal:subscription_succeeded`); answer `pusher:ping`. An empty CHANNEL
+    /// connects without subscribing.
     #[arg(long, value_name = "CHANNEL")]
     pusher: Option<String>,
     /// A connection is ready only when its first frame arrives (the subscription's answer).
@@ -359,6 +360,7 @@ impl Run {
                 subscribe: common
                     .pusher
                     .as_deref()
+                    .filter(|channel| !channel.is_empty())
                     .map(pusher::subscribe_frame)
                     .or_else(|| common.subscribe.clone()),
                 pusher: common.pusher.is_some(),
