@@ -604,13 +604,14 @@ class Bench:
         n = self.conns(19000)
         self.fanout_cell(f"mem4k-{n}", ["--conns", str(n), "--probes", "10",
                                         "--probe-interval-ms", "500", "--size", "4096",
-                                        "--rate", "0"],
+                                        "--rate", "0", "--quiet-secs", "0.5"],
                          rss=True,
                          # Pushpin's fan-out at 19k fails (see the fan-out tables).
                          peers=["switchboard", "node-ws", "sockudo"])
         n = self.conns(5000)
         self.fanout_cell(f"mem64k-{n}", ["--conns", str(n), "--probes", "1", "--size", "65536",
-                                         "--rate", "0", "--rss-again-after", "5"],
+                                         "--rate", "0", "--quiet-secs", "0.5",
+                                         "--rss-again-after", "5"],
                          pushpin_runs=1, rss=True)
 
     def relay(self):
@@ -676,7 +677,8 @@ def profile_hub(server, loadgen_proc):
         rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children",
                               "--sort", sort, "-g", "none", "--percent-limit", "0.7"],
                              capture_output=True, text=True)
-        rows = [l for l in rep.stdout.splitlines() if l.strip() and not l.startswith("#")]
+        rows = [re.sub(r"(\s+-)+\s*$", "", l.rstrip()) for l in rep.stdout.splitlines()
+                if l.strip() and not l.startswith("#")]
         sections.append((title, rows[:25]))
     os.remove(data)
     path = os.path.join(os.path.dirname(RESULTS), "relay-profile.txt")
@@ -752,7 +754,7 @@ def stat(values, unit=""):
 
 def ratio(ours, theirs, lower_is_better=False):
     """Switchboard / peer, from the same run (for memory and latency below 1 is better)."""
-    if ours is None or theirs in (None, 0):
+    if ours is None or theirs is None or ours <= 0 or theirs <= 0:
         return "n/a"
     return f"{ours / theirs:.2f}"
 
@@ -1078,7 +1080,7 @@ def report(bench, started, elapsed):
             section(f"Memory after traffic: {n:,} subscribers, 10 publications of 4 KiB",
                     "Every connection subscribed, then 10 publishes of 4 KiB, 500 ms apart, each "
                     "delivered to every subscriber; server RSS (with its child processes) read with the "
-                    "connections still open, once every delivery has arrived (or 3 s of silence), minus "
+                    "connections still open, once every delivery has arrived (0.5 s after the last), minus "
                     "its RSS before the first connection, per connection.", key,
                     [("KiB per connection after", lambda r: r.get("rss_per_conn_after_latency_kib")),
                      ("KiB per connection idle (same run, before publishing)", lambda r: r.get("rss_per_conn_kib")),
@@ -1089,8 +1091,8 @@ def report(bench, started, elapsed):
         elif key.startswith("mem64k-"):
             section(f"Memory after one large message: {n:,} subscribers, one publication of 64 KiB",
                     "Every connection subscribed, one publish of 64 KiB delivered to all; growth of the "
-                    "server's RSS per connection over its RSS with the same connections idle, read once "
-                    "every delivery has arrived and again 5 s later (connections still open): a server "
+                    "server's RSS per connection over its RSS with the same connections idle, read 0.5 s "
+                    "after the last delivery and again 5 s later (connections still open): a server "
                     "that keeps a buffer the size of the largest message per connection shows about 64 "
                     "KiB in both.", key,
                     [("growth KiB per connection, at once", lambda r: per_conn_growth(r, "rss_after_latency_kib")),

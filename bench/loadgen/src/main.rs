@@ -99,6 +99,10 @@ enum Cmd {
         /// phase, the connections still open (is what the deliveries used given back?).
         #[arg(long, default_value_t = 0.0)]
         rss_again_after: f64,
+        /// A phase ends when no delivery has arrived for this many seconds (what has not
+        /// arrived by then is missing).
+        #[arg(long, default_value_t = 3.0)]
+        quiet_secs: f64,
     },
     /// The mock application for the relay scenarios (ws2api and WebSocket-over-HTTP).
     Backend {
@@ -221,6 +225,7 @@ fn main() -> anyhow::Result<()> {
             secs,
             size,
             rss_again_after,
+            quiet_secs,
         } => {
             let auth = pusher_auth
                 .as_deref()
@@ -232,14 +237,14 @@ fn main() -> anyhow::Result<()> {
             // The workers listen for as long as the publisher may go on publishing.
             let listen =
                 |every: Duration, count: u32| Publisher::budget(every, count).as_secs_f64() + 0.2;
-            let latency = run.phase_with(listen(interval, probes), 3.0, || {
+            let latency = run.phase_with(listen(interval, probes), quiet_secs, || {
                 publisher.paced(1, probes, interval)
             })?;
             let rss_after_latency = run.rss_now();
             let throughput = if rate > 0.0 {
                 let count = (rate * secs).round().max(1.0) as u32;
                 let every = Duration::from_secs_f64(1.0 / rate);
-                Some(run.phase_with(listen(every, count), 3.0, || {
+                Some(run.phase_with(listen(every, count), quiet_secs, || {
                     publisher.paced(probes + 1, count, every)
                 })?)
             } else {
