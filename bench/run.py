@@ -1,17 +1,29 @@
 #!/usr/bin/env python3
 """Run every benchmark scenario against Switchboard and its peers, and write BENCHMARKS.md.
 
-    python3 bench/run.py              # everything, 3 runs each (about an hour)
+    python3 bench/run.py              # everything, 3 runs per cell
     python3 bench/run.py --quick      # one short run each, small counts, into a temporary
                                       # directory: checks the setup, keeps the results
     python3 bench/run.py --only fanout  # one scenario again; the others' results are kept
+    python3 bench/run.py --only memory --runs 1
 
-Installs what it needs from the package registries (Debian: pushpin, websocketd, nodejs, npm;
-npm: ws), builds the release binaries (`cargo build --release --workspace`), then for each
+Scenarios: idle, echo, relay, fanout, memory. Peers: Node `ws` hub (bench/peers/node-hub),
+sockudo (Pusher protocol, from crates.io), Pushpin and websocketd (Debian).
+
+Installs what it needs from the package registries (Debian: pushpin, websocketd, nodejs, npm,
+protobuf-compiler; npm: ws; crates.io: sockudo, built with `cargo install`, a long compile the
+first time), builds the release binaries (`cargo build --release --workspace`), then for each
 scenario and server starts a fresh server, drives it with `target/release/loadgen`, stops it.
-Every run's raw result is appended to bench/results/latest.jsonl (rewritten each full run;
-a --quick run writes its own in a temporary directory).
-Needs root for apt-get and for widening net.ipv4.ip_local_port_range (both best effort).
+Every run's raw result, with the machine's load while it ran, is appended to
+bench/results/latest.jsonl (rewritten each full run; a --quick run writes its own in a
+temporary directory). A run measured in a noisy window (steal or other processes' CPU above
+NOISY_*) is run once more and the quieter kept.
+
+Servers listen on --port-base..+99 (default 34000), reserved in ip_local_reserved_ports for
+the run so that no client socket can hold them; before a server starts and after it stops the
+harness waits for the previous run's sockets on those ports to be gone. Every loadgen run is
+bounded (its phases, a 60 s drain at most, and LOADGEN_TIMEOUT here).
+Needs root for apt-get and the sysctls (both best effort).
 """
 
 import argparse
@@ -482,6 +494,7 @@ class Bench:
         self.results = {}  # key -> server label -> [result]
         self.errors = {}  # (key, label) -> message
         self.rerun_noisy = True
+        self.deadline = float("inf")  # time.time() after which no further run starts
         self.profile_rate = 40000
         self.durations = {}  # scenario -> seconds it took in this run
 
@@ -501,6 +514,10 @@ class Bench:
         """`runs` times: start the server(s) fresh, run loadgen, keep the result. A run measured
         in a noisy window (see NOISY_*) is run once more, and the quieter of the two is kept."""
         for _ in range(runs or self.runs):
+            if time.time() > self.deadline:
+                log(f"{key} {label}: skipped, the run's --deadline has passed")
+                self.errors.setdefault((key, label), "not run: the run's --deadline had passed")
+                return
             try:
                 result = self.once(key, label, start, mode, args, rss, during)
                 if result["load"]["noisy"] and self.rerun_noisy:
@@ -673,7 +690,8 @@ def profile_hub(server, loadgen_proc):
         log(f"perf record failed: {rec.stderr.strip()[-300:]}")
         return
     sections = []
-    for title, sort in [("by thread", "comm"), ("by symbol (self time)", "dso,symbol")]:
+    for title, sort in [("by thread", "tid"), ("by binary (kernel, hub, libc)", "dso"),
+                        ("by symbol (self time)", "dso,symbol")]:
         rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children",
                               "--sort", sort, "-g", "none", "--percent-limit", "0.7"],
                              capture_output=True, text=True)
@@ -814,6 +832,7 @@ MEASURED_REV = None  # --rev: the commit that results without a "rev" field were
 MEASURED_AT = None  # --measured-at: when results without a "date" field were measured
 RUN_STARTED = None  # this run's start, recorded in every result
 REV = None  # this run's commit, recorded in every result
+RUN_ARGS = ""  # this run's command-line flags, for the report
 SCENARIOS = ["idle", "echo", "relay", "fanout", "memory"]
 PEERS = ["switchboard", "node-ws", "sockudo", "pushpin", "websocketd"]
 
@@ -903,7 +922,8 @@ def measures(bench):
         ("echo closed loop, 1k connections", ">= 200,000 msgs/s", "msgs/s", f"echo-closed-{n1}",
          lambda r: pick(r, "steps.0.msgs_per_s"), 200000, False),
         ("relay round trips with p99 <= 20 ms (1k connections)", ">= 50,000/s", "/s",
-         f"relay-max-{n1}", lambda r: (best_step(r) or {}).get("msgs_per_s"), 50000, False),
+         f"relay-max-{n1}", lambda r: (best_step(r) or {}).get("msgs_per_s", 0)
+         if r.get("steps") else None, 50000, False),
     ]
 
 
@@ -989,7 +1009,7 @@ def report(bench, started, elapsed):
     parts = [START, "",
              f"Written {started:%Y-%m-%d %H:%M} UTC"
              + (f" after {elapsed / 60:.0f} minutes" if elapsed is not None else "") + " by "
-             f"`python3 bench/run.py{' --quick' if bench.quick else ''}`"
+             f"`python3 bench/run.py{RUN_ARGS}`"
              f" ({runs} run{'s' if runs > 1 else ''} per cell; cells are the median, "
              "with min-max in brackets). Peers were measured in the same run as Switchboard.", "",
              f"- Measured: {measured(bench)}.",
@@ -1148,6 +1168,9 @@ def main():
                         help=f"comma-separated scenarios: {','.join(SCENARIOS)}")
     parser.add_argument("--port-base", type=int, default=34000,
                         help="servers listen on PORT_BASE..PORT_BASE+99 (reserved for the run)")
+    parser.add_argument("--deadline", type=float, default=180,
+                        help="minutes after which no further run starts (what is left is "
+                        "reported as not run); default 180")
     parser.add_argument("--no-rerun", action="store_true",
                         help="keep runs measured in a noisy window instead of running them again")
     parser.add_argument("--profile-rate", type=int, default=40000,
@@ -1165,6 +1188,8 @@ def main():
     global REV, MEASURED_REV, MEASURED_AT, RUN_STARTED, RESULTS, PORT_BASE
     MEASURED_REV, MEASURED_AT = args.rev, args.measured_at
     PORT_BASE = args.port_base
+    global RUN_ARGS
+    RUN_ARGS = "".join(" " + (a if " " not in a else f"'{a}'") for a in sys.argv[1:])
     only = [name.strip() for name in args.only.split(",")]
     unknown = [name for name in only if name not in SCENARIOS]
     if unknown:
@@ -1202,6 +1227,7 @@ def main():
     started = datetime.datetime.now(datetime.timezone.utc)
     RUN_STARTED = f"{started:%Y-%m-%d %H:%M} UTC"
     t0 = time.time()
+    bench.deadline = t0 + args.deadline * 60
     whole = Load()
     for name in only:
         t = time.time()
