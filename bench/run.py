@@ -132,7 +132,8 @@ def read_sysctl(name):
 def write_sysctl(name, value):
     try:
         with open("/proc/sys/" + name.replace(".", "/"), "w") as f:
-            f.write(value)
+            # A newline, so that an empty value (no reserved ports) is written too.
+            f.write(value + "\n")
         return True
     except OSError as e:
         log(f"cannot set {name} ({e})")
