@@ -5,10 +5,12 @@
 //!
 //! Layout: `main.rs` flags and the coordinator, `worker.rs` one worker process's connections,
 //! `proto.rs` the coordinator/worker protocol and the timed payload, `backend.rs` the mock
-//! application, `rss.rs` a server's resident memory.
+//! application, `rss.rs` a server's resident memory, `pusher.rs` the Pusher protocol's
+//! subscribe frame and signed HTTP publishes (the sockudo peer).
 
 mod backend;
 mod proto;
+mod pusher;
 mod rss;
 mod worker;
 
@@ -76,18 +78,31 @@ enum Cmd {
         /// Extra request header, `Name: value` (repeatable).
         #[arg(long = "header")]
         headers: Vec<String>,
+        /// Sign each publish for Pusher's HTTP API (`KEY:SECRET`): auth_key, auth_timestamp,
+        /// auth_version, body_md5 and auth_signature are added to --publish-url's query.
+        #[arg(long)]
+        pusher_auth: Option<String>,
         /// Latency phase: this many publishes, one at a time, --probe-interval-ms apart.
         #[arg(long, default_value_t = 10)]
         probes: u32,
         #[arg(long, default_value_t = 500)]
         probe_interval_ms: u64,
-        /// Throughput phase: publishes per second, for --secs.
+        /// Throughput phase: publishes per second, for --secs (0 = no throughput phase).
         #[arg(long, default_value_t = 20.0)]
         rate: f64,
         #[arg(long, default_value_t = 10.0)]
         secs: f64,
+        /// Payload bytes per publish (at least 27: the timed marker).
         #[arg(long, default_value_t = 64)]
         size: usize,
+        /// With --rss-of: read the server's memory once more this many seconds after the last
+        /// phase, the connections still open (is what the deliveries used given back?).
+        #[arg(long, default_value_t = 0.0)]
+        rss_again_after: f64,
+        /// A phase ends when no delivery has arrived for this many seconds (what has not
+        /// arrived by then is missing).
+        #[arg(long, default_value_t = 3.0)]
+        quiet_secs: f64,
     },
     /// The mock application for the relay scenarios (ws2api and WebSocket-over-HTTP).
     Backend {
@@ -125,6 +140,12 @@ struct Common {
     /// Text frame each connection sends after connecting (a subscribe request).
     #[arg(long)]
     subscribe: Option<String>,
+    /// Speak the Pusher protocol (sockudo): wait for `pusher:connection_established`, then
+    /// subscribe to this channel with `pusher:subscribe` (with --await-ack: until
+    /// `pusher_internal:subscription_succeeded`); answer `pusher:ping`. An empty CHANNEL
+    /// connects without subscribing.
+    #[arg(long, value_name = "CHANNEL")]
+    pusher: Option<String>,
     /// A connection is ready only when its first frame arrives (the subscription's answer).
     #[arg(long)]
     await_ack: bool,
@@ -197,29 +218,63 @@ fn main() -> anyhow::Result<()> {
             publish_url,
             publish_body,
             headers,
+            pusher_auth,
             probes,
             probe_interval_ms,
             rate,
             secs,
             size,
+            rss_again_after,
+            quiet_secs,
         } => {
-            let publisher = Publisher::new(publish_url, publish_body, headers, size)?;
+            let auth = pusher_auth
+                .as_deref()
+                .map(pusher::Auth::parse)
+                .transpose()?;
+            let publisher = Publisher::new(publish_url, publish_body, headers, size, auth)?;
             let mut run = Run::start(&common)?;
             let interval = Duration::from_millis(probe_interval_ms);
             // The workers listen for as long as the publisher may go on publishing.
             let listen =
                 |every: Duration, count: u32| Publisher::budget(every, count).as_secs_f64() + 0.2;
-            let latency = run.phase_with(listen(interval, probes), 3.0, || {
+            let latency = run.phase_with(listen(interval, probes), quiet_secs, || {
                 publisher.paced(1, probes, interval)
             })?;
-            let count = (rate * secs).round().max(1.0) as u32;
-            let every = Duration::from_secs_f64(1.0 / rate);
-            let throughput = run.phase_with(listen(every, count), 3.0, || {
-                publisher.paced(probes + 1, count, every)
-            })?;
+            let rss_after_latency = run.rss_now();
+            let throughput = if rate > 0.0 {
+                let count = (rate * secs).round().max(1.0) as u32;
+                let every = Duration::from_secs_f64(1.0 / rate);
+                Some(run.phase_with(listen(every, count), quiet_secs, || {
+                    publisher.paced(probes + 1, count, every)
+                })?)
+            } else {
+                None
+            };
+            let rss_after_throughput = throughput.as_ref().and_then(|_| run.rss_now());
+            let rss_later = if rss_again_after > 0.0 {
+                std::thread::sleep(Duration::from_secs_f64(rss_again_after));
+                run.rss_now()
+            } else {
+                None
+            };
             let mut result = run.summary("fanout");
             result["latency"] = latency.fanout_summary(run.connected);
-            result["throughput"] = throughput.fanout_summary(run.connected);
+            result["throughput"] = throughput
+                .map(|t| t.fanout_summary(run.connected))
+                .unwrap_or(Value::Null);
+            // Memory while the connections are still open: after the latency phase's publishes,
+            // after the throughput phase, and --rss-again-after seconds later.
+            let per_conn = |kib: Option<u64>| {
+                kib.filter(|_| run.connected > 0)
+                    .map(|k| (k as f64 - run.rss_before as f64) / run.connected as f64)
+            };
+            result["rss_after_latency_kib"] = json!(rss_after_latency);
+            result["rss_per_conn_after_latency_kib"] = json!(per_conn(rss_after_latency));
+            result["rss_after_throughput_kib"] = json!(rss_after_throughput);
+            result["rss_later_kib"] = json!(rss_later);
+            result["rss_per_conn_later_kib"] = json!(per_conn(rss_later));
+            result["rss_again_after_s"] = json!(rss_again_after);
+            result["size"] = json!(size);
             run.finish(&common, result)
         }
     }
@@ -241,6 +296,7 @@ struct Run {
     failed: u64,
     connect_secs: f64,
     first_error: Option<String>,
+    rss_of: Vec<u32>,
     rss_before: u64,
     rss_after: u64,
     started: Instant,
@@ -306,7 +362,13 @@ impl Run {
                 conns,
                 connect_rate: common.connect_rate / procs as f64,
                 sources: sources.clone(),
-                subscribe: common.subscribe.clone(),
+                subscribe: common
+                    .pusher
+                    .as_deref()
+                    .filter(|channel| !channel.is_empty())
+                    .map(pusher::subscribe_frame)
+                    .or_else(|| common.subscribe.clone()),
+                pusher: common.pusher.is_some(),
                 await_ack: common.await_ack,
                 connect_timeout: common.connect_timeout,
                 max_pending: common.max_pending.div_ceil(procs),
@@ -349,6 +411,7 @@ impl Run {
             failed: 0,
             connect_secs: 0.0,
             first_error: None,
+            rss_of: common.rss_of.clone(),
             rss_before,
             rss_after: 0,
             started: Instant::now(),
@@ -397,6 +460,11 @@ impl Run {
             run.rss_after = rss_kib(&common.rss_of);
         }
         Ok(run)
+    }
+
+    /// The servers' resident memory now (KiB), if --rss-of was given.
+    fn rss_now(&self) -> Option<u64> {
+        (!self.rss_of.is_empty()).then(|| rss_kib(&self.rss_of))
     }
 
     /// The next report, printing a progress line at most once a second.
@@ -631,10 +699,17 @@ struct Publisher {
     body: String,
     headers: Vec<(String, String)>,
     size: usize,
+    pusher: Option<pusher::Auth>,
 }
 
 impl Publisher {
-    fn new(url: String, body: String, headers: Vec<String>, size: usize) -> anyhow::Result<Self> {
+    fn new(
+        url: String,
+        body: String,
+        headers: Vec<String>,
+        size: usize,
+        pusher: Option<pusher::Auth>,
+    ) -> anyhow::Result<Self> {
         let headers = headers
             .iter()
             .map(|h| {
@@ -654,6 +729,7 @@ impl Publisher {
             body,
             headers,
             size,
+            pusher,
         })
     }
 
@@ -689,9 +765,13 @@ impl Publisher {
                 .replace("{payload}", &proto::payload(ts, seq, self.size));
             // A publish still unanswered when the budget runs out counts as failed.
             let left = budget.saturating_sub(start.elapsed());
+            let url = match &self.pusher {
+                Some(auth) => auth.signed_url(&self.url, &body, proto::now_ns() / 1_000_000_000),
+                None => self.url.clone(),
+            };
             let mut request = self
                 .agent
-                .post(&self.url)
+                .post(&url)
                 .timeout(left.max(Duration::from_millis(1)));
             for (name, value) in &self.headers {
                 request = request.set(name, value);

@@ -75,6 +75,10 @@ pub struct WorkerPlan {
     pub sources: Vec<Ipv4Addr>,
     /// A text frame sent right after connecting (a subscribe request), if any.
     pub subscribe: Option<String>,
+    /// The Pusher protocol: wait for `pusher:connection_established` before subscribing, the
+    /// acknowledgement is `pusher_internal:subscription_succeeded`, answer `pusher:ping`.
+    #[serde(default)]
+    pub pusher: bool,
     /// Whether a connection counts as ready only after its first frame from the server
     /// (the subscription's acknowledgement).
     pub await_ack: bool,

@@ -23,6 +23,7 @@ use crate::proto::{
     encode_histogram, histogram, now_ns, parse, payload, Command, Counters, Mode, PhaseResult,
     Report, WorkerPlan, MAX_DRAIN,
 };
+use crate::pusher;
 
 type Socket = WebSocketStream<TcpStream>;
 
@@ -250,18 +251,14 @@ async fn connection(
     let url = plan.url.replace("{n}", &format!("w{}c{i}", plan.index));
     let ready = timeout(limit, async {
         let mut ws = open(&url, addr, source).await?;
+        if plan.pusher {
+            wait_for(&mut ws, Some(pusher::ESTABLISHED)).await?;
+        }
         if let Some(text) = &plan.subscribe {
             ws.send(Message::text(text.clone())).await?;
         }
         if plan.await_ack {
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Text(_) | Message::Binary(_))) => break,
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Err(e.into()),
-                    None => return Err(anyhow!("closed before the acknowledgement")),
-                }
-            }
+            wait_for(&mut ws, plan.pusher.then_some(pusher::SUBSCRIBED)).await?;
         }
         Ok::<_, anyhow::Error>(ws)
     })
@@ -310,10 +307,34 @@ async fn connection(
     }
 }
 
+/// Read until a data frame arrives (one containing `needle`, if given).
+async fn wait_for(ws: &mut Socket, needle: Option<&str>) -> anyhow::Result<()> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                if needle.is_none_or(|n| text.contains(n)) {
+                    return Ok(());
+                }
+            }
+            Some(Ok(Message::Binary(_))) if needle.is_none() => return Ok(()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => {
+                return Err(anyhow!(
+                    "closed before {}",
+                    needle.unwrap_or("the acknowledgement")
+                ))
+            }
+        }
+    }
+}
+
 /// What a frame from the server means to the loop reading it.
 enum Seen {
     Timed,
     Other,
+    /// A Pusher keep-alive question (`pusher:ping`), to be answered.
+    Ping,
     Gone,
 }
 
@@ -322,6 +343,8 @@ fn seen(state: &RefCell<State>, message: Option<Result<Message, impl std::fmt::D
         Some(Ok(Message::Text(text))) => {
             if state.borrow_mut().received(text.as_bytes()) {
                 Seen::Timed
+            } else if text.contains(pusher::PING) {
+                Seen::Ping
             } else {
                 Seen::Other
             }
@@ -346,7 +369,11 @@ async fn hold(
 ) -> bool {
     loop {
         tokio::select! {
-            message = ws.next() => if let Seen::Gone = seen(state, message) { return false },
+            message = ws.next() => match seen(state, message) {
+                Seen::Gone => return false,
+                Seen::Ping => if ws.send(Message::text(pusher::PONG)).await.is_err() { return false },
+                Seen::Timed | Seen::Other => {}
+            },
             changed = control.changed() => return changed.is_ok(),
         }
     }
@@ -375,7 +402,7 @@ async fn closed_loop(
         tokio::select! {
             message = ws.next() => match seen(state, message) {
                 Seen::Gone => return false,
-                Seen::Other => {}
+                Seen::Other | Seen::Ping => {}
                 Seen::Timed => {
                     if control.has_changed().unwrap_or(true) {
                         return true;
