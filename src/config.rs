@@ -377,6 +377,45 @@ pub struct RouteConfig {
     /// body becomes the first frame (AWX's `{"accept": true, "user": id}`). An http:// URL.
     #[serde(default, deserialize_with = "http_url_text")]
     pub accept_url: Option<String>,
+    /// permessage-deflate (RFC 7692) is accepted when a client offers it.
+    #[serde(default)]
+    pub compression: bool,
+    /// compression: messages shorter than this many bytes go out uncompressed.
+    #[serde(default = "default_compression_threshold")]
+    pub compression_threshold: usize,
+    /// compression: every message the server sends starts from an empty window, so a
+    /// publication is compressed once and shared by its recipients.
+    #[serde(default = "default_true")]
+    pub server_no_context_takeover: bool,
+    /// compression: clients start every message from an empty window, so no inflater is kept
+    /// per connection between messages.
+    #[serde(default = "default_true")]
+    pub client_no_context_takeover: bool,
+    /// compression: the largest window the server compresses with, in bits.
+    #[serde(
+        default = "default_window_bits",
+        deserialize_with = "in_range::<_, { crate::deflate::MIN_WINDOW_BITS }, { crate::deflate::MAX_WINDOW_BITS }>"
+    )]
+    pub server_max_window_bits: usize,
+    /// compression: the largest window clients that offer `client_max_window_bits` are asked
+    /// to compress with, in bits.
+    #[serde(
+        default = "default_window_bits",
+        deserialize_with = "in_range::<_, { crate::deflate::MIN_WINDOW_BITS }, { crate::deflate::MAX_WINDOW_BITS }>"
+    )]
+    pub client_max_window_bits: usize,
+}
+
+fn default_compression_threshold() -> usize {
+    crate::deflate::DEFAULT_THRESHOLD
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_window_bits() -> usize {
+    crate::deflate::MAX_WINDOW_BITS
 }
 
 /// The `[log]` section.
@@ -404,6 +443,12 @@ fn default_routes() -> Vec<RouteConfig> {
             client_publish: false,
             xrf_cookie: None,
             accept_url: None,
+            compression: false,
+            compression_threshold: default_compression_threshold(),
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            server_max_window_bits: default_window_bits(),
+            client_max_window_bits: default_window_bits(),
         },
         RouteConfig {
             path: "/rpc".to_owned(),
@@ -412,6 +457,12 @@ fn default_routes() -> Vec<RouteConfig> {
             client_publish: false,
             xrf_cookie: None,
             accept_url: None,
+            compression: false,
+            compression_threshold: default_compression_threshold(),
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            server_max_window_bits: default_window_bits(),
+            client_max_window_bits: default_window_bits(),
         },
     ]
 }

@@ -170,6 +170,14 @@ pub async fn run(
                 client_ids: route.path.contains("{id}"),
                 max_pending: config.backend.max_pending_per_connection,
                 trusted_proxies: Arc::new(config.server.trusted_proxies.clone()),
+                compression: route.compression.then(|| crate::deflate::Settings {
+                    threshold: route.compression_threshold,
+                    server_no_context_takeover: route.server_no_context_takeover,
+                    client_no_context_takeover: route.client_no_context_takeover,
+                    // 9..=15, checked when the config was read.
+                    server_max_window_bits: route.server_max_window_bits as u8,
+                    client_max_window_bits: route.client_max_window_bits as u8,
+                }),
             })
         })
         .collect();
