@@ -1379,11 +1379,23 @@ mod tests {
         let config = check(route).unwrap();
         let r = &config.routes[0];
         assert!(r.compression && r.server_no_context_takeover && r.client_no_context_takeover);
-        assert_eq!((r.server_max_window_bits, r.compression_threshold), (15, 128));
+        assert_eq!(
+            (r.server_max_window_bits, r.compression_threshold),
+            (15, 128)
+        );
         for (text, key) in [
-            ("server_max_window_bits = 8", "routes[0].server_max_window_bits"),
-            ("server_max_window_bits = 16", "routes[0].server_max_window_bits"),
-            ("client_max_window_bits = 8", "routes[0].client_max_window_bits"),
+            (
+                "server_max_window_bits = 8",
+                "routes[0].server_max_window_bits",
+            ),
+            (
+                "server_max_window_bits = 16",
+                "routes[0].server_max_window_bits",
+            ),
+            (
+                "client_max_window_bits = 8",
+                "routes[0].client_max_window_bits",
+            ),
         ] {
             let err = check(&format!("{route}{text}\n")).unwrap_err().to_string();
             assert!(err.contains(key) && err.contains("9..=15"), "{text}: {err}");

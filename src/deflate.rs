@@ -215,8 +215,7 @@ fn compress(compressor: &mut Compress, input: &[u8]) -> Option<Bytes> {
             .compress_vec(&input[consumed..], &mut out, FlushCompress::Sync)
             .ok()?;
         // zlib has flushed everything once all input is taken and room is left over.
-        if (compressor.total_in() - start) as usize == input.len() && out.len() < out.capacity()
-        {
+        if (compressor.total_in() - start) as usize == input.len() && out.len() < out.capacity() {
             break;
         }
     }
@@ -261,7 +260,8 @@ fn compress_alone(input: &[u8], bits: u8) -> Option<Bytes> {
         let index = match thread.compressors.iter().position(|(b, _)| *b == bits) {
             Some(index) => index,
             None => {
-                let compressor = Compress::new_with_window_bits(Compression::default(), false, bits);
+                let compressor =
+                    Compress::new_with_window_bits(Compression::default(), false, bits);
                 thread.compressors.push((bits, compressor));
                 thread.compressors.len() - 1
             }
@@ -625,7 +625,9 @@ mod tests {
 
     /// `n` bytes of words in a pseudo-random order: compressible, but not to nothing.
     fn sample(n: usize) -> Bytes {
-        const WORDS: [&str; 8] = ["hub ", "channel ", "frame ", "socket ", "publish ", "zlib ", "window ", "deflate "];
+        const WORDS: [&str; 8] = [
+            "hub ", "channel ", "frame ", "socket ", "publish ", "zlib ", "window ", "deflate ",
+        ];
         let mut state = 0x2545_f491_u32;
         let mut out = Vec::with_capacity(n + 8);
         while out.len() < n {
@@ -657,7 +659,12 @@ mod tests {
         let message = sample(4_000);
         let first = deflate.outgoing(&message, false).unwrap();
         let second = deflate.outgoing(&message, false).unwrap();
-        assert!(second.len() * 10 < first.len(), "{} vs {}", second.len(), first.len());
+        assert!(
+            second.len() * 10 < first.len(),
+            "{} vs {}",
+            second.len(),
+            first.len()
+        );
         // Idle for an interval: the compressor goes, and a new one starts from nothing.
         deflate.idle_check();
         deflate.idle_check();
@@ -709,11 +716,18 @@ mod tests {
             .incoming(DataKind::Binary, false, true, Bytes::copy_from_slice(head))
             .unwrap();
         let b = deflate
-            .incoming(DataKind::Continuation, true, false, Bytes::copy_from_slice(tail))
+            .incoming(
+                DataKind::Continuation,
+                true,
+                false,
+                Bytes::copy_from_slice(tail),
+            )
             .unwrap();
         assert_eq!([a, b].concat(), message);
         assert_eq!(
-            deflate.incoming(DataKind::Text, true, true, second).unwrap(),
+            deflate
+                .incoming(DataKind::Text, true, true, second)
+                .unwrap(),
             message
         );
         // An uncompressed message passes as it is.
@@ -757,7 +771,12 @@ mod tests {
             .incoming(DataKind::Binary, false, true, Bytes::copy_from_slice(head))
             .unwrap();
         let rest = deflate
-            .incoming(DataKind::Continuation, true, false, Bytes::copy_from_slice(tail))
+            .incoming(
+                DataKind::Continuation,
+                true,
+                false,
+                Bytes::copy_from_slice(tail),
+            )
             .unwrap();
         assert!(rest.len() <= limit);
         // Corrupt data is refused as invalid.

@@ -170,7 +170,7 @@ pub async fn run(
                 client_ids: route.path.contains("{id}"),
                 max_pending: config.backend.max_pending_per_connection,
                 trusted_proxies: Arc::new(config.server.trusted_proxies.clone()),
-                compression: route.compression.then(|| crate::deflate::Settings {
+                compression: route.compression.then_some(crate::deflate::Settings {
                     threshold: route.compression_threshold,
                     server_no_context_takeover: route.server_no_context_takeover,
                     client_no_context_takeover: route.client_no_context_takeover,

@@ -323,10 +323,7 @@ mod tests {
         assert_eq!(code(client_frame(0xc0, b"x")), 1002);
         assert_eq!(code(client_frame(0xc9, b"")), 1002);
         assert_eq!(code(client_frame(0xa2, b"x")), 1002);
-        assert_eq!(
-            Header::compressed(Opcode::Binary, 3).as_bytes(),
-            &[0xc2, 3]
-        );
+        assert_eq!(Header::compressed(Opcode::Binary, 3).as_bytes(), &[0xc2, 3]);
     }
 
     #[test]

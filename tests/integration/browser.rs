@@ -267,7 +267,10 @@ async fn chromium_negotiates_permessage_deflate_on_a_compressing_route() {
         &json!({"channel": "deflated", "data": {"story": story}}),
     )
     .await;
-    assert_eq!(reply.json["reached"], 1, "the page's socket is the subscriber");
+    assert_eq!(
+        reply.json["reached"], 1,
+        "the page's socket is the subscriber"
+    );
     page.wait_until(&format!(
         "window.received.some(m => m.includes({}))",
         json!(story)

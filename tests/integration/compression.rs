@@ -189,8 +189,7 @@ fn compress(compressor: &mut Compress, message: &[u8]) -> Vec<u8> {
         compressor
             .compress_vec(&message[done..], &mut out, FlushCompress::Sync)
             .unwrap();
-        if (compressor.total_in() - start) as usize == message.len() && out.len() < out.capacity()
-        {
+        if (compressor.total_in() - start) as usize == message.len() && out.len() < out.capacity() {
             break;
         }
         out.reserve(out.capacity());
@@ -220,7 +219,9 @@ fn inflate(inflater: &mut Decompress, payload: &[u8]) -> Vec<u8> {
 
 /// `n` bytes of text that compresses well but not to nothing.
 fn text(n: usize, seed: u32) -> Vec<u8> {
-    const WORDS: [&str; 6] = ["hub ", "channel ", "frame ", "socket ", "window ", "deflate "];
+    const WORDS: [&str; 6] = [
+        "hub ", "channel ", "frame ", "socket ", "window ", "deflate ",
+    ];
     let mut state = seed;
     let mut out = Vec::with_capacity(n + 8);
     while out.len() < n {
