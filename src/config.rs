@@ -383,6 +383,12 @@ pub struct RouteConfig {
     /// compression: messages shorter than this many bytes go out uncompressed.
     #[serde(default = "default_compression_threshold")]
     pub compression_threshold: usize,
+    /// compression: the zlib level the server compresses with, 1 (fastest) to 9 (smallest).
+    #[serde(
+        default = "default_compression_level",
+        deserialize_with = "in_range::<_, 1, 9>"
+    )]
+    pub compression_level: usize,
     /// compression: every message the server sends starts from an empty window, so a
     /// publication is compressed once and shared by its recipients.
     #[serde(default = "default_true")]
@@ -408,6 +414,10 @@ pub struct RouteConfig {
 
 fn default_compression_threshold() -> usize {
     crate::deflate::DEFAULT_THRESHOLD
+}
+
+fn default_compression_level() -> usize {
+    crate::deflate::DEFAULT_LEVEL
 }
 
 fn default_true() -> bool {
@@ -445,6 +455,7 @@ fn default_routes() -> Vec<RouteConfig> {
             accept_url: None,
             compression: false,
             compression_threshold: default_compression_threshold(),
+            compression_level: default_compression_level(),
             server_no_context_takeover: true,
             client_no_context_takeover: true,
             server_max_window_bits: default_window_bits(),
@@ -459,6 +470,7 @@ fn default_routes() -> Vec<RouteConfig> {
             accept_url: None,
             compression: false,
             compression_threshold: default_compression_threshold(),
+            compression_level: default_compression_level(),
             server_no_context_takeover: true,
             client_no_context_takeover: true,
             server_max_window_bits: default_window_bits(),

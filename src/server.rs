@@ -172,6 +172,8 @@ pub async fn run(
                 trusted_proxies: Arc::new(config.server.trusted_proxies.clone()),
                 compression: route.compression.then_some(crate::deflate::Settings {
                     threshold: route.compression_threshold,
+                    // 1..=9, checked when the config was read.
+                    level: route.compression_level as u8,
                     server_no_context_takeover: route.server_no_context_takeover,
                     client_no_context_takeover: route.client_no_context_takeover,
                     // 9..=15, checked when the config was read.

@@ -297,7 +297,7 @@ async fn context_takeover_and_window_bits_are_honoured() {
                 "/takeover",
                 "raw",
                 "server_no_context_takeover = false\nclient_no_context_takeover = false\n\
-                 server_max_window_bits = 10\nclient_max_window_bits = 11",
+                 server_max_window_bits = 10\nclient_max_window_bits = 11\ncompression_level = 6",
             ),
             ("/fresh", "raw", ""),
         ],
