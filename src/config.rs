@@ -129,6 +129,10 @@ pub struct PushConfig {
     /// with 408 and disconnected instead of holding a connection open.
     #[serde(deserialize_with = "positive")]
     pub body_timeout_ms: NonZeroU64,
+    /// A listener of its own for a Prometheus scraper: it serves `GET /metrics` only, without
+    /// the token (bind it to an address only the scraper reaches). `/metrics` on the push
+    /// listener, behind the token, is served either way.
+    pub metrics_listen: Option<Address>,
     /// The token in effect, once [`Config::resolve_push_token`] has read its sources.
     #[serde(skip)]
     resolved_token: Option<ResolvedToken>,
@@ -154,6 +158,7 @@ impl Default for PushConfig {
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             body_timeout_ms: NonZeroU64::new(10_000).expect("positive literal"),
+            metrics_listen: None,
             resolved_token: None,
         }
     }
@@ -342,6 +347,16 @@ pub enum RelayFormat {
     SocketDock,
     /// ws2api's connect check, raw POST per frame, DELETE on close, `POST /{id}` push.
     Ws2Api,
+}
+
+impl RelayFormat {
+    /// The config name.
+    pub fn name(self) -> &'static str {
+        match self {
+            RelayFormat::SocketDock => "socketdock",
+            RelayFormat::Ws2Api => "ws2api",
+        }
+    }
 }
 
 /// The backends a relay route can use.

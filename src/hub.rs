@@ -3,16 +3,23 @@
 //! client or backend cannot stall routing for everyone else. Its messages are private; the
 //! rest of the program calls the handle.
 //!
-//! Delivery policy: a publication is encoded once per dialect, and the same bytes are queued
-//! for every recipient of that dialect. Before queueing, the hub reserves room in the
-//! recipient's [`Backlog`] (messages and bytes not yet written to its socket, bounded by
+//! Delivery: the hub decides who receives a publication and sends each worker thread one
+//! [`Fanout`] with the links of that worker's recipients; the worker's [`courier`] queues it
+//! into its sessions on their own thread. A publication is encoded once per dialect, and the
+//! same bytes are queued for every recipient of that dialect. Before queueing, room is reserved
+//! in the recipient's [`Backlog`] (messages and bytes not yet written to its socket, bounded by
 //! `limits.outbound_queue` and `limits.outbound_queue_bytes`). When there is no room the client
 //! has stopped reading: the delivery is counted as dropped and reported to whoever sent it, the
-//! connection is cut off (removed from the registry and every channel) and told to close with
-//! 1008. Memory therefore stays bounded per connection, and neighbours never wait.
+//! connection is cut off (told to close with 1008, then removed from the registry and every
+//! channel). Memory therefore stays bounded per connection, and neighbours never wait. The
+//! publisher's `reached` and `dropped` are the sums of the workers' reports, which the handle
+//! (not the hub) waits for.
+//!
+//! [`courier`]: crate::courier
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 use serde::Serialize;
@@ -20,9 +27,12 @@ use tokio::sync::oneshot;
 
 use crate::channel::{ChannelName, Publication, PublicationKind};
 use crate::connection::ConnectionId;
+use crate::courier::{CourierHandle, Fanout, Report};
 use crate::delivery::{Deliver, Delivery, Outbound, Undelivered};
-use crate::dialect::{self, DialectKind};
+use crate::dialect::DialectKind;
 use crate::frame::{close_code, Close, Frame};
+use crate::link::{Link, Queued};
+use crate::metrics::Metrics;
 use crate::operation::{ChannelOp, OpOutcome};
 use crate::outbox::Backlog;
 use crate::registry::{Applied, Registry};
@@ -55,6 +65,8 @@ pub struct Registration {
     pub dialect: DialectKind,
     /// What it has queued and not yet written (shared with its session).
     pub backlog: Arc<Backlog>,
+    /// The courier of the worker thread the session runs on.
+    pub courier: CourierHandle,
 }
 
 /// Counters since start, for health and metrics.
@@ -76,7 +88,12 @@ pub struct HubStats {
 
 /// The one way into the hub: cheap to clone, every call a message to the hub actor.
 #[derive(Clone)]
-pub struct HubHandle(Addr<Hub>);
+pub struct HubHandle {
+    /// The hub actor.
+    addr: Addr<Hub>,
+    /// The process's metrics (shared by everyone who holds the handle).
+    metrics: Arc<Metrics>,
+}
 
 /// Turn the actor's reply into the handle's result.
 async fn answer<T>(
@@ -87,22 +104,30 @@ async fn answer<T>(
 
 impl HubHandle {
     /// Start the hub (once per process, before the servers) on the current arbiter.
-    pub fn start(limits: SubscriptionLimits) -> Self {
-        Self(Hub::new(limits).start())
+    pub fn start(limits: SubscriptionLimits, metrics: Arc<Metrics>) -> Self {
+        Self {
+            addr: Hub::new(limits, metrics.clone()).start(),
+            metrics,
+        }
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Register a connection. It is queued at once and handled even if the session ends
     /// first (a reply would be dropped with it, and the registration skipped); a refusal
     /// reaches the session as a close (1001 while shutting down, 1013 for a duplicate id).
     pub fn connect(&self, registration: Registration) -> Result<(), HubUnavailable> {
-        self.0
+        self.addr
             .try_send(Connect(registration))
             .map_err(|_| HubUnavailable)
     }
 
     /// The connection ended (idempotent; a stale serial is ignored).
     pub fn disconnect(&self, id: ConnectionId, serial: u64) {
-        self.0.do_send(Disconnect { id, serial });
+        self.addr.do_send(Disconnect { id, serial });
     }
 
     /// Apply channel operations in order for one connection.
@@ -111,7 +136,15 @@ impl HubHandle {
         id: ConnectionId,
         ops: Vec<ChannelOp>,
     ) -> impl Future<Output = Result<Vec<OpOutcome>, HubUnavailable>> + 'static {
-        answer(self.0.send(Apply { id, ops }))
+        let hub = self.addr.clone();
+        async move {
+            let settling = answer(hub.send(Apply { id, ops })).await?;
+            let mut outcomes = Vec::with_capacity(settling.len());
+            for outcome in settling {
+                outcomes.push(outcome.settle(&hub).await);
+            }
+            Ok(outcomes)
+        }
     }
 
     /// Publish to a channel from one of its connections: refused unless it is a member when
@@ -130,7 +163,18 @@ impl HubHandle {
             exclude_sender,
             require_subscribed,
         };
-        answer(self.0.send(PublishFrom { id, op }))
+        let hub = self.addr.clone();
+        let metrics = self.metrics.clone();
+        async move {
+            let started = Instant::now();
+            let settling = answer(hub.send(PublishFrom { id, op })).await?;
+            let outcome = settling.settle(&hub).await;
+            if let OpOutcome::Published(_) = outcome {
+                metrics.published("client");
+                metrics.fanned_out(started.elapsed().as_secs_f64());
+            }
+            Ok(outcome)
+        }
     }
 
     /// Publish to a channel (from a backend).
@@ -139,7 +183,16 @@ impl HubHandle {
         channel: ChannelName,
         data: serde_json::Value,
     ) -> impl Future<Output = Result<Delivery, HubUnavailable>> + 'static {
-        answer(self.0.send(Publish { channel, data }))
+        let hub = self.addr.clone();
+        let metrics = self.metrics.clone();
+        async move {
+            let started = Instant::now();
+            let fanning = answer(hub.send(Publish { channel, data })).await?;
+            let delivery = fanning.settle(&hub).await;
+            metrics.published("api");
+            metrics.fanned_out(started.elapsed().as_secs_f64());
+            Ok(delivery)
+        }
     }
 
     /// Send to every connection.
@@ -147,7 +200,16 @@ impl HubHandle {
         &self,
         data: serde_json::Value,
     ) -> impl Future<Output = Result<Delivery, HubUnavailable>> + 'static {
-        answer(self.0.send(Broadcast { data }))
+        let hub = self.addr.clone();
+        let metrics = self.metrics.clone();
+        async move {
+            let started = Instant::now();
+            let fanning = answer(hub.send(Broadcast { data })).await?;
+            let delivery = fanning.settle(&hub).await;
+            metrics.published("broadcast");
+            metrics.fanned_out(started.elapsed().as_secs_f64());
+            Ok(delivery)
+        }
     }
 
     /// Send a frame to one connection.
@@ -156,7 +218,7 @@ impl HubHandle {
         id: ConnectionId,
         frame: Frame,
     ) -> impl Future<Output = Result<Result<(), Undelivered>, HubUnavailable>> + 'static {
-        answer(self.0.send(SendTo { id, frame }))
+        answer(self.addr.send(SendTo { id, frame }))
     }
 
     /// Close one connection with this code and reason.
@@ -165,21 +227,21 @@ impl HubHandle {
         id: ConnectionId,
         close: Close,
     ) -> impl Future<Output = Result<Result<(), Undelivered>, HubUnavailable>> + 'static {
-        answer(self.0.send(CloseConnection { id, close }))
+        answer(self.addr.send(CloseConnection { id, close }))
     }
 
     /// Every connection, sorted by id.
     pub fn connections(
         &self,
     ) -> impl Future<Output = Result<Vec<ConnectionInfo>, HubUnavailable>> + 'static {
-        answer(self.0.send(ListConnections))
+        answer(self.addr.send(ListConnections))
     }
 
     /// Every channel with its member count, sorted by name.
     pub fn channels(
         &self,
     ) -> impl Future<Output = Result<Vec<ChannelInfo>, HubUnavailable>> + 'static {
-        answer(self.0.send(ListChannels))
+        answer(self.addr.send(ListChannels))
     }
 
     /// Members of `channel`, or with `None` the connections in at least one channel.
@@ -187,12 +249,12 @@ impl HubHandle {
         &self,
         channel: Option<ChannelName>,
     ) -> impl Future<Output = Result<usize, HubUnavailable>> + 'static {
-        answer(self.0.send(CountSubscribers { channel }))
+        answer(self.addr.send(CountSubscribers { channel }))
     }
 
     /// The counters.
     pub fn stats(&self) -> impl Future<Output = Result<HubStats, HubUnavailable>> + 'static {
-        answer(self.0.send(Stats))
+        answer(self.addr.send(Stats))
     }
 
     /// Refuse new connections, ask every session to close with `close`; the receiver fires
@@ -201,7 +263,7 @@ impl HubHandle {
         &self,
         close: Close,
     ) -> impl Future<Output = Result<oneshot::Receiver<()>, HubUnavailable>> + 'static {
-        answer(self.0.send(Shutdown { close }))
+        answer(self.addr.send(Shutdown { close }))
     }
 }
 
@@ -217,28 +279,28 @@ struct Disconnect {
 }
 
 #[derive(Message)]
-#[rtype(result = "Vec<OpOutcome>")]
+#[rtype(result = "Vec<Settling>")]
 struct Apply {
     id: ConnectionId,
     ops: Vec<ChannelOp>,
 }
 
 #[derive(Message)]
-#[rtype(result = "OpOutcome")]
+#[rtype(result = "Settling")]
 struct PublishFrom {
     id: ConnectionId,
     op: ChannelOp,
 }
 
 #[derive(Message)]
-#[rtype(result = "Delivery")]
+#[rtype(result = "Fanning")]
 struct Publish {
     channel: ChannelName,
     data: serde_json::Value,
 }
 
 #[derive(Message)]
-#[rtype(result = "Delivery")]
+#[rtype(result = "Fanning")]
 struct Broadcast {
     data: serde_json::Value,
 }
@@ -281,50 +343,61 @@ struct Shutdown {
     close: Close,
 }
 
-/// How the hub reaches one session.
-struct Link {
-    recipient: Recipient<Deliver>,
-    dialect: DialectKind,
-    backlog: Arc<Backlog>,
+/// Connections a fan-out found cut off or gone: the hub removes them from the registry.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Forget {
+    stalled: Vec<ConnectionId>,
+    gone: Vec<ConnectionId>,
 }
 
-/// Whether a frame was handed to a session.
-enum Queued {
-    /// Queued.
-    Yes,
-    /// The connection's backlog or mailbox is full.
-    Full,
-    /// The session is gone.
-    Gone,
-}
+/// A fan-out on its way: one report per worker it went to.
+struct Fanning(Vec<oneshot::Receiver<Report>>);
 
-impl Link {
-    /// Reserve room in the connection's backlog, then hand the frame to its session.
-    fn queue(&self, frame: Frame) -> Queued {
-        let size = match &frame {
-            Frame::Text(text) => text.len(),
-            Frame::Binary(bytes) => bytes.len(),
-        };
-        if !self.backlog.try_reserve(size) {
-            return Queued::Full;
+impl Fanning {
+    /// Wait for every worker's report, sum them, and have the hub forget the connections that
+    /// were cut off or gone. A worker that stopped (the process is going down) counts as
+    /// having reached nobody.
+    async fn settle(self, hub: &Addr<Hub>) -> Delivery {
+        let mut delivery = Delivery::default();
+        let mut stalled = Vec::new();
+        let mut gone = Vec::new();
+        for report in self.0 {
+            let Ok(report) = report.await else { continue };
+            delivery.reached += report.reached;
+            delivery.dropped += report.stalled.len();
+            stalled.extend(report.stalled);
+            gone.extend(report.gone);
         }
-        match self.recipient.try_send(Deliver(Outbound::Frame(frame))) {
-            Ok(()) => Queued::Yes,
-            Err(SendError::Full(_)) => {
-                self.backlog.release(1, size);
-                Queued::Full
-            }
-            Err(SendError::Closed(_)) => {
-                self.backlog.release(1, size);
-                Queued::Gone
-            }
+        if !stalled.is_empty() || !gone.is_empty() {
+            hub.do_send(Forget { stalled, gone });
+        }
+        delivery
+    }
+}
+
+/// An operation's outcome, or a publish it made that is still on its way.
+enum Settling {
+    /// Done.
+    Ready(OpOutcome),
+    /// A publish: its outcome once the workers have reported.
+    Publishing(Fanning),
+}
+
+impl Settling {
+    async fn settle(self, hub: &Addr<Hub>) -> OpOutcome {
+        match self {
+            Settling::Ready(outcome) => outcome,
+            Settling::Publishing(fanning) => OpOutcome::Published(fanning.settle(hub).await),
         }
     }
 }
 
 /// The hub actor: the registry, delivery, and shutdown.
 struct Hub {
-    registry: Registry<Link>,
+    registry: Registry<Arc<Link>>,
+    /// Each worker's courier, by worker number, learnt from the registrations.
+    couriers: Vec<Option<CourierHandle>>,
     /// Set once shutdown began: new connections are refused.
     shutting_down: bool,
     /// Who waits for the registry to become empty.
@@ -333,6 +406,8 @@ struct Hub {
     deliveries_dropped: u64,
     /// Connections cut off because they stopped reading.
     stalled: u64,
+    /// The process's metrics (the channel gauge, pushes and their cut-offs).
+    metrics: Arc<Metrics>,
 }
 
 impl Actor for Hub {
@@ -344,13 +419,15 @@ impl Actor for Hub {
 }
 
 impl Hub {
-    fn new(limits: SubscriptionLimits) -> Self {
+    fn new(limits: SubscriptionLimits, metrics: Arc<Metrics>) -> Self {
         Self {
             registry: Registry::new(limits),
+            couriers: Vec::new(),
             shutting_down: false,
             empty_waiters: Vec::new(),
             deliveries_dropped: 0,
             stalled: 0,
+            metrics,
         }
     }
 
@@ -360,10 +437,17 @@ impl Hub {
             .registry
             .get(id)
             .ok_or(Undelivered::UnknownConnection)?;
-        match member.link.queue(frame) {
-            Queued::Yes => Ok(()),
+        let link = member.link.clone();
+        match link.queue(frame) {
+            Queued::Yes => {
+                self.metrics.delivered(link.dialect, 1);
+                Ok(())
+            }
             Queued::Full => {
-                self.cut_off(id);
+                if link.cut_off() {
+                    self.metrics.cut_off();
+                    self.forget_stalled(id);
+                }
                 Err(Undelivered::QueueFull)
             }
             Queued::Gone => {
@@ -373,47 +457,41 @@ impl Hub {
         }
     }
 
-    /// Deliver one publication to many connections, then cut off those whose backlog was full.
-    /// The publication is encoded once per dialect; every recipient shares those bytes.
-    fn fan_out(&mut self, targets: &[ConnectionId], publication: Publication) -> Delivery {
-        let mut delivery = Delivery::default();
-        let mut stalled = Vec::new();
-        let mut closed = Vec::new();
+    /// Send one publication to many connections: one [`Fanout`] per worker thread with the
+    /// links of its recipients. The couriers deliver and report; the hub does not wait.
+    fn fan_out(&mut self, targets: &[ConnectionId], publication: Publication) -> Fanning {
+        let mut batches: Vec<Vec<Arc<Link>>> = vec![Vec::new(); self.couriers.len()];
         for id in targets {
-            let Some(member) = self.registry.get(id) else {
-                continue;
-            };
-            let frame = dialect::encode(member.link.dialect, &publication);
-            match member.link.queue(frame) {
-                Queued::Yes => delivery.reached += 1,
-                Queued::Full => stalled.push(id),
-                Queued::Gone => closed.push(id),
+            if let Some(member) = self.registry.get(id) {
+                batches[member.link.worker].push(member.link.clone());
             }
         }
-        delivery.dropped = stalled.len();
-        for id in stalled {
-            self.cut_off(id);
+        let publication = Arc::new(publication);
+        let mut reports = Vec::new();
+        for (batch, courier) in batches.into_iter().zip(&self.couriers) {
+            let (Some(courier), false) = (courier, batch.is_empty()) else {
+                continue;
+            };
+            let (report, receiver) = oneshot::channel();
+            courier.send(Fanout {
+                publication: publication.clone(),
+                targets: batch,
+                report,
+            });
+            reports.push(receiver);
         }
-        for id in closed {
-            self.remove(id);
-        }
-        delivery
+        Fanning(reports)
     }
 
-    /// A connection stopped reading: drop it from the registry and ask it to close with 1008.
-    fn cut_off(&mut self, id: &ConnectionId) {
+    /// A connection that stopped reading was cut off: count it and forget it.
+    fn forget_stalled(&mut self, id: &ConnectionId) {
         self.deliveries_dropped += 1;
         self.stalled += 1;
-        log::warn!("id={id} outbound queue full: the client stopped reading; closing with 1008");
-        if let Some(member) = self.remove(id) {
-            // One close message beyond the backlog is the bounded exception: it is sent once,
-            // and the connection gets nothing more from the hub.
-            member.link.recipient.do_send(Deliver(Outbound::CutOff));
-        }
+        self.remove(id);
     }
 
     /// Remove a connection; wake shutdown waiters when the hub is empty.
-    fn remove(&mut self, id: &ConnectionId) -> Option<crate::registry::Member<Link>> {
+    fn remove(&mut self, id: &ConnectionId) -> Option<crate::registry::Member<Arc<Link>>> {
         let member = self.registry.remove(id);
         self.after_removal();
         member
@@ -429,20 +507,25 @@ impl Hub {
 
     /// Interest changes are the seam for a cluster; a single node has nobody to tell.
     fn settle(&mut self) {
+        let mut changed = false;
         for change in self.registry.take_interest() {
             log::trace!("channel interest: {change:?}");
+            changed = true;
+        }
+        if changed {
+            self.metrics.set_channels(self.registry.channel_count());
         }
     }
 
     /// Apply one operation for a connection; a publish it may make is delivered here.
-    fn apply(&mut self, id: &ConnectionId, op: ChannelOp) -> OpOutcome {
+    fn apply(&mut self, id: &ConnectionId, op: ChannelOp) -> Settling {
         match self.registry.apply(id, op) {
-            Applied::Outcome(outcome) => outcome,
+            Applied::Outcome(outcome) => Settling::Ready(outcome),
             Applied::Publish {
                 targets,
                 channel,
                 data,
-            } => OpOutcome::Published(self.publish(&targets, channel, data)),
+            } => Settling::Publishing(self.publish(&targets, channel, data)),
         }
     }
 
@@ -451,7 +534,7 @@ impl Hub {
         targets: &[ConnectionId],
         channel: ChannelName,
         data: serde_json::Value,
-    ) -> Delivery {
+    ) -> Fanning {
         let publication = Publication::new(Some(channel), data, PublicationKind::Message);
         self.fan_out(targets, publication)
     }
@@ -468,11 +551,18 @@ impl Handler<Connect> for Hub {
             let close = Close::new(close_code::GOING_AWAY, "server shutting down");
             return refuse(&msg.recipient, close);
         }
-        let link = Link {
-            recipient: msg.recipient.clone(),
-            dialect: msg.dialect,
-            backlog: msg.backlog,
-        };
+        let worker = msg.courier.worker();
+        if self.couriers.len() <= worker {
+            self.couriers.resize(worker + 1, None);
+        }
+        self.couriers[worker].get_or_insert(msg.courier);
+        let link = Arc::new(Link::new(
+            msg.id.clone(),
+            msg.recipient.clone(),
+            msg.dialect,
+            msg.backlog,
+            worker,
+        ));
         let id = msg.id.clone();
         match self
             .registry
@@ -482,7 +572,7 @@ impl Handler<Connect> for Hub {
                 // The newer connection wins; the older one is told why and forgotten at once,
                 // so a push always reaches the live connection and no orphan is left behind.
                 log::info!("id={id} replaced by a newer connection with the same id");
-                old.link.recipient.do_send(Deliver(Outbound::Replaced));
+                old.link.tell(Outbound::Replaced);
             }
             Ok(None) => {}
             Err(refused) => {
@@ -500,6 +590,20 @@ impl Handler<Disconnect> for Hub {
     fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
         if self.registry.deregister(&msg.id, msg.serial).is_some() {
             self.after_removal();
+        }
+        self.settle();
+    }
+}
+
+impl Handler<Forget> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: Forget, _: &mut Context<Self>) {
+        for id in &msg.stalled {
+            self.forget_stalled(id);
+        }
+        for id in &msg.gone {
+            self.remove(id);
         }
         self.settle();
     }
@@ -572,10 +676,7 @@ impl Handler<CloseConnection> for Hub {
             .get(&msg.id)
             .ok_or(Undelivered::UnknownConnection)?;
         // A close is one small message beyond the backlog: it must reach a stalled client too.
-        member
-            .link
-            .recipient
-            .do_send(Deliver(Outbound::Close(msg.close)));
+        member.link.tell(Outbound::Close(msg.close));
         Ok(())
     }
 }
@@ -633,10 +734,7 @@ impl Handler<Shutdown> for Hub {
             for (_, member) in self.registry.members() {
                 // Shutdown is the one moment every session gets exactly one message beyond its
                 // backlog: the close it must see even when its queue is full.
-                member
-                    .link
-                    .recipient
-                    .do_send(Deliver(Outbound::Close(msg.close.clone())));
+                member.link.tell(Outbound::Close(msg.close.clone()));
             }
         }
         MessageResult(rx)
@@ -672,7 +770,7 @@ mod tests {
 
     #[actix_web::test]
     async fn a_full_backlog_drops_the_delivery_and_cuts_the_connection_off() {
-        let hub = HubHandle::start(ROOMY);
+        let hub = HubHandle::start(ROOMY, Arc::new(Metrics::new()));
         let count = std::rc::Rc::new(std::cell::Cell::new(0));
         let backlog = Arc::new(Backlog::new(2, 1 << 20));
         let id = ConnectionId::parse("slow").unwrap();
@@ -685,6 +783,7 @@ mod tests {
             replace: false,
             dialect: DialectKind::JsonRpc,
             backlog: backlog.clone(),
+            courier: CourierHandle::start(Arc::new(Metrics::new())),
         })
         .unwrap();
         let channel = ChannelName::parse("c").unwrap();

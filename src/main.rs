@@ -290,6 +290,10 @@ fn main() -> ExitCode {
         }
     };
     log::info!("listening websocket={ws} push={push}");
+    if let Some(metrics) = listeners.metrics_addr() {
+        log::info!("listening metrics={metrics} (GET /metrics only, no token)");
+    }
+    log::info!("dashboard: http://{push}/dashboard, metrics: http://{push}/metrics");
     let routes: Vec<String> = config
         .routes
         .iter()

@@ -126,6 +126,11 @@ impl Outbox {
         });
     }
 
+    /// Bytes still to be written (headers included).
+    pub fn queued_bytes(&self) -> usize {
+        self.frames.iter().map(Pending::len).sum::<usize>() - self.offset
+    }
+
     /// Nothing is waiting.
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()

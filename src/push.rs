@@ -11,6 +11,9 @@
 //! | `POST /api/publish` | `{"channel": str, "data": any}` | `{"channel", "reached", "dropped"}` |
 //! | `POST /api/broadcast` | `{"data": any}` | `{"reached", "dropped"}` |
 //! | `POST /` | JSON-RPC 2.0 (RocketWS's backend port, see `push_rpc`) | JSON-RPC response |
+//! | `GET /metrics` | | Prometheus text format (see [`dashboard`]) |
+//! | `GET /dashboard` (no token) | | the live dashboard page |
+//! | `GET /api/dashboard` | | `{"node", "totals", "channels": {"count", "top"}, "nodes"}` |
 //!
 //! The relay format adds its compatibility paths: [`socketdock::configure_push`],
 //! [`ws2api::configure_push`]. What every endpoint shares is in [`guard`].
@@ -25,6 +28,7 @@
 //! too large, 415 an `/api` body that is not `application/json`, 503 queue full or hub
 //! unavailable; each as `{"error": kind, "message": text}`.
 
+pub mod dashboard;
 pub mod guard;
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -50,8 +54,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, relay: Option<RelayFormat>) {
     }
     cfg.route("/", web::post().to(crate::push_rpc::handle))
         .route("/healthz", web::get().to(healthz))
+        .configure(dashboard::configure)
         .service(
             web::scope("/api")
+                .route("/dashboard", web::get().to(dashboard::data))
                 .route("/connections", web::get().to(list_connections))
                 .route("/channels", web::get().to(list_channels))
                 .route("/connections/{id}/send", web::post().to(send))

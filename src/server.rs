@@ -18,10 +18,12 @@ use anyhow::Context as _;
 use crate::backend::http::PendingNotices;
 use crate::backend::Backend;
 use crate::config::{BackendKind, Config};
+use crate::courier::CourierHandle;
 use crate::frame::{close_code, Close};
 use crate::hook::authorize::Authorizer;
 use crate::hook::connect::ConnectHook;
 use crate::hub::HubHandle;
+use crate::metrics::{Metrics, RouteLabels};
 use crate::push::{self, PushSettings};
 use crate::session::RouteContext;
 use crate::shutdown;
@@ -58,6 +60,8 @@ pub struct Listeners {
     pub websocket: TcpListener,
     /// The push API, when it has a listener of its own.
     pub push: Option<TcpListener>,
+    /// The scrape-only metrics listener (`push.metrics_listen`), when set.
+    pub metrics: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -73,12 +77,28 @@ impl Listeners {
                 format!("cannot listen on push.listen = {}", config.push.listen)
             })?)
         };
-        Ok(Self { websocket, push })
+        let metrics = match &config.push.metrics_listen {
+            Some(address) => Some(
+                listen(address.0)
+                    .with_context(|| format!("cannot listen on push.metrics_listen = {address}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            websocket,
+            push,
+            metrics,
+        })
     }
 
     /// The bound WebSocket address.
     pub fn websocket_addr(&self) -> std::io::Result<SocketAddr> {
         self.websocket.local_addr()
+    }
+
+    /// The bound scrape-only metrics address, when there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The bound push-API address.
@@ -144,7 +164,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
     // One hub for the whole process, started before the servers; workers get its address.
-    let hub = HubHandle::start(config.limits.subscriptions());
+    let metrics = Arc::new(Metrics::new());
+    let hub = HubHandle::start(config.limits.subscriptions(), metrics.clone());
     let hub_data = web::Data::new(hub.clone());
     // Every session holds a guard, cut-off and replaced ones included: shutdown waits for all
     // of them.
@@ -180,6 +201,10 @@ pub async fn run(
                     server_max_window_bits: route.server_max_window_bits as u8,
                     client_max_window_bits: route.client_max_window_bits as u8,
                 }),
+                labels: RouteLabels {
+                    route: route.path.clone(),
+                    dialect: route.dialect.name().to_owned(),
+                },
             })
         })
         .collect();
@@ -207,10 +232,10 @@ pub async fn run(
             .disable_signals()
             .shutdown_timeout(shutdown_timeout)
             .listen("websocket", listeners.websocket, move || {
-                let backend = Backend::for_worker(&config.backend, &notices);
-                let authorizer = Authorizer::for_worker(&config.authorization);
+                let backend = Backend::for_worker(&config.backend, &notices, &metrics);
+                let authorizer = Authorizer::for_worker(&config.authorization, &metrics);
                 let hooked = config.routes.iter().any(|r| r.accept_url.is_some());
-                let admission = hooked.then(ConnectHook::start_for_worker);
+                let admission = hooked.then(|| ConnectHook::start_for_worker(metrics.clone()));
                 let upgrader = Rc::new(Upgrader {
                     routes: routes
                         .iter()
@@ -220,6 +245,7 @@ pub async fn run(
                     authorizer: authorizer.clone(),
                     admission: admission.clone(),
                     max_connections,
+                    courier: CourierHandle::start(metrics.clone()),
                 });
                 let mut app = App::new()
                     .app_data(web::Data::new(backend))
@@ -264,20 +290,24 @@ pub async fn run(
     let mut push_task = match listeners.push {
         Some(listener) => {
             let hub_data = hub_data.clone();
-            let server = HttpServer::new(move || {
-                App::new()
-                    .app_data(hub_data.clone())
+            let push_settings = push_settings.clone();
+            Some(side_server(listener, move |cfg| {
+                cfg.app_data(hub_data.clone())
                     .app_data(push_settings.clone())
-                    .configure(|cfg| push::configure(cfg, relay_format))
-                    .default_service(web::to(push::not_found))
-            })
-            .workers(1)
-            .disable_signals()
-            .client_disconnect_timeout(Duration::ZERO)
-            .listen(listener)?
-            .run();
-            let handle = server.handle();
-            Some((handle, actix_web::rt::spawn(server)))
+                    .configure(|cfg| push::configure(cfg, relay_format));
+            })?)
+        }
+        None => None,
+    };
+
+    // The scrape-only listener: `/metrics` and nothing else, no token.
+    let metrics_task = match listeners.metrics {
+        Some(listener) => {
+            let hub_data = hub_data.clone();
+            Some(side_server(listener, move |cfg| {
+                cfg.app_data(hub_data.clone())
+                    .route("/metrics", web::get().to(push::dashboard::scrape));
+            })?)
         }
         None => None,
     };
@@ -324,11 +354,38 @@ pub async fn run(
             let _ = task.await;
         }
     }
+    if let Some((handle, task)) = metrics_task {
+        handle.stop(true).await;
+        let _ = task.await;
+    }
     log::info!("stopped");
     match unexpected {
         Some(why) => Err(anyhow::anyhow!(why)),
         None => Ok(()),
     }
+}
+
+/// A one-worker HTTP server beside the WebSocket listener (the push API, the scrape-only
+/// metrics listener), serving what `configure` registers and a JSON 404 for the rest.
+fn side_server(
+    listener: TcpListener,
+    configure: impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+) -> std::io::Result<(
+    actix_web::dev::ServerHandle,
+    actix_web::rt::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .configure(configure.clone())
+            .default_service(web::to(push::not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .client_disconnect_timeout(Duration::ZERO)
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    Ok((handle, actix_web::rt::spawn(server)))
 }
 
 /// Close every socket with 1001 and wait until every session has ended and every disconnect

@@ -30,6 +30,7 @@ use crate::backend::http::{BackendReply, Closed, Open, Relay};
 use crate::backend::{loopback, Backend};
 use crate::config::LimitsConfig;
 use crate::connection::ConnectionId;
+use crate::courier::CourierHandle;
 use crate::deflate::Deflate;
 use crate::delivery::{Deliver, Outbound};
 use crate::dialect::{Action, Dialect, DialectKind, DialectOptions, ReplyPlan};
@@ -37,6 +38,7 @@ use crate::frame::{close_code, Close, Frame};
 use crate::gate;
 use crate::hook::authorize::{Authorize, Authorizer};
 use crate::hub::{HubHandle, Registration};
+use crate::metrics::RouteLabels;
 use crate::operation::ChannelOp;
 use crate::outbox::{Backlog, Outbox};
 use crate::rate_limit::RateLimit;
@@ -72,6 +74,8 @@ pub struct RouteContext {
     pub trusted_proxies: Arc<crate::config::TrustedProxies>,
     /// permessage-deflate, when the route accepts it.
     pub compression: Option<crate::deflate::Settings>,
+    /// The route's labels in the metrics.
+    pub labels: RouteLabels,
 }
 
 /// Source of session serials (unique per process).
@@ -100,6 +104,8 @@ pub(crate) struct SessionSetup {
     pub backend: Backend,
     /// This worker's authorization hook, when one is configured.
     pub authorizer: Option<Addr<Authorizer>>,
+    /// This worker's courier, which delivers publications to the session.
+    pub courier: CourierHandle,
     /// Connect-time headers and address, for the backend and the authorization hook.
     pub connect_context: Option<serde_json::Value>,
     /// The connect hook's answer, sent as the first frame.
@@ -266,6 +272,10 @@ pub struct Session {
     replaced: bool,
     /// Keeps shutdown waiting until this session has ended.
     drain_guard: Option<Guard>,
+    /// This worker's courier, handed to the hub with the registration.
+    courier: Option<CourierHandle>,
+    /// Bytes of this session's outbox counted in the slow-consumer gauge.
+    queued_reported: usize,
 }
 
 /// Start the session of an upgraded connection on the current worker thread.
@@ -323,6 +333,8 @@ pub(crate) fn start(setup: SessionSetup) {
         first_frame: setup.first_frame,
         replaced: false,
         drain_guard: Some(setup.route.sessions.guard()),
+        courier: Some(setup.courier),
+        queued_reported: 0,
         route: setup.route,
     };
     Session::create(move |ctx| {
@@ -344,6 +356,8 @@ impl Actor for Session {
             self.route.path,
             self.remote.as_deref().unwrap_or("-")
         );
+        self.route.hub.metrics().connected(&self.route.labels);
+        let courier = self.courier.take().expect("a session starts once");
         let connect = Registration {
             id: self.id.clone(),
             route: self.route.path.clone(),
@@ -353,6 +367,7 @@ impl Actor for Session {
             replace: self.route.client_ids,
             dialect: self.route.dialect,
             backlog: self.backlog.clone(),
+            courier,
         };
         // Fire and forget: a refusal comes back as a close, so a session that ends at once
         // is still registered (and counted) before its disconnect.
@@ -382,6 +397,12 @@ impl Actor for Session {
     fn stopped(&mut self, _: &mut Self::Context) {
         let (messages, bytes) = self.outbox.clear();
         self.backlog.release(messages, bytes);
+        self.report_queued();
+        let code = self.close_code.unwrap_or(close_code::ABNORMAL);
+        self.route
+            .hub
+            .metrics()
+            .disconnected(&self.route.labels, code);
         self.route.hub.disconnect(self.id.clone(), self.serial);
         if let Backend::Http { addr, notices, .. } = &self.backend {
             // Exactly once per session: `stopped` runs once, whatever ended the connection.
@@ -545,12 +566,25 @@ impl Session {
                 if self.gate.paused.get() && self.backlog.below_half() {
                     self.gate.resume();
                 }
+                if done.blocked || self.queued_reported > 0 {
+                    self.report_queued();
+                }
             }
             Err(e) => {
                 log::debug!("id={} write failed: {e}", self.id);
                 self.abort(ctx);
             }
         }
+    }
+
+    /// Bring the slow-consumer gauge up to date with what waits in the outbox.
+    fn report_queued(&mut self) {
+        let queued = self.outbox.queued_bytes();
+        let gauge = self.route.hub.metrics().queued_bytes();
+        let delta = i64::try_from(queued).unwrap_or(i64::MAX)
+            - i64::try_from(self.queued_reported).unwrap_or(i64::MAX);
+        gauge.inc_by(delta);
+        self.queued_reported = queued;
     }
 
     /// The close handshake is complete: end the TCP connection now (RFC 6455 §7.1.1).
@@ -618,6 +652,7 @@ impl Session {
 
     /// A whole message arrived: let the dialect decide what it means.
     fn on_message(&mut self, ctx: &mut Context<Self>, frame: Frame) {
+        self.route.hub.metrics().frame_received(self.route.dialect);
         let size = match &frame {
             Frame::Text(text) => text.len(),
             Frame::Binary(bytes) => bytes.len(),

@@ -25,6 +25,7 @@ use crate::backend::http::Check;
 use crate::backend::Backend;
 use crate::config::TrustedProxies;
 use crate::connection::ConnectionId;
+use crate::courier::CourierHandle;
 use crate::deflate;
 use crate::frame::Frame;
 use crate::hook::authorize::Authorizer;
@@ -43,6 +44,8 @@ pub(crate) struct Upgrader {
     pub admission: Option<Addr<ConnectHook>>,
     /// WebSocket connections allowed at once in the process.
     pub max_connections: usize,
+    /// This worker's courier.
+    pub courier: CourierHandle,
 }
 
 /// A refused upgrade: the status, a JSON body, and any extra header.
@@ -374,6 +377,7 @@ async fn answer(
         options: admitted.options,
         backend: upgrader.backend.clone(),
         authorizer: upgrader.authorizer.clone(),
+        courier: upgrader.courier.clone(),
         connect_context: admitted.connect_context,
         first_frame: admitted.first_frame,
         io: parts.io,

@@ -32,6 +32,7 @@ use super::{BackendError, Format, Request};
 use crate::config::BackendConfig;
 use crate::connection::ConnectionId;
 use crate::frame::{close_code, Close, Frame};
+use crate::metrics::{CalloutOutcome, Metrics};
 
 /// First retry delay; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -142,6 +143,17 @@ struct Settings {
     notice_retry: Duration,
     /// Disconnect notices kept for retries, across workers.
     max_pending_notices: usize,
+    /// Where each callout is counted and timed.
+    meter: Meter,
+}
+
+/// Counts and times the callouts of one backend in the metrics.
+#[derive(Clone)]
+struct Meter {
+    /// The process's metrics.
+    metrics: Arc<Metrics>,
+    /// The relay format's name, the callouts' `format` label.
+    format: &'static str,
 }
 
 /// One callout for one connection.
@@ -271,7 +283,12 @@ pub struct CheckError {
 
 impl HttpBackend {
     /// A backend for the current worker thread.
-    pub fn new(config: &BackendConfig, format: Box<dyn Format>, notices: PendingNotices) -> Self {
+    pub fn new(
+        config: &BackendConfig,
+        format: Box<dyn Format>,
+        notices: PendingNotices,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let client = awc::Client::builder()
             .timeout(Duration::from_millis(config.request_timeout_ms.get()))
             .connector(
@@ -287,6 +304,10 @@ impl HttpBackend {
             max_in_flight: config.max_in_flight.get(),
             notice_retry: Duration::from_millis(config.notice_retry_ms.get()),
             max_pending_notices: config.max_pending_notices.get(),
+            meter: Meter {
+                metrics,
+                format: config.format.name(),
+            },
         };
         Self {
             client,
@@ -363,8 +384,9 @@ impl HttpBackend {
         self.in_flight += 1;
         let client = self.client.clone();
         let deadline = Instant::now() + self.settings.request_timeout;
+        let meter = self.settings.meter.clone();
         async move {
-            let result = call(&client, &request, deadline).await;
+            let result = call(&client, &request, deadline, &meter).await;
             (request, result)
         }
         .into_actor(self)
@@ -417,8 +439,9 @@ impl HttpBackend {
         self.in_flight += 1;
         let client = self.client.clone();
         let timeout = self.settings.request_timeout;
+        let meter = self.settings.meter.clone();
         async move {
-            let result = attempt(&client, &request, timeout).await;
+            let result = attempt(&client, &request, timeout, &meter).await;
             (request, result)
         }
         .into_actor(self)
@@ -516,6 +539,7 @@ async fn call(
     client: &awc::Client,
     request: &Request,
     deadline: Instant,
+    meter: &Meter,
 ) -> Result<Option<Frame>, BackendError> {
     let mut backoff = FIRST_BACKOFF;
     loop {
@@ -523,7 +547,7 @@ async fn call(
         if remaining.is_zero() {
             return Err(BackendError::Deadline);
         }
-        let error = match attempt(client, request, remaining).await {
+        let error = match attempt(client, request, remaining, meter).await {
             Ok((_, answer)) => return Ok(answer.filter(|body| !body.is_empty()).map(frame_of)),
             Err(e) if e.transient() => e,
             // Anything else (timeout, connection closed mid-request) may have reached the
@@ -542,6 +566,26 @@ async fn call(
 /// One attempt: request, status, and (when the request reads its answer) a body of at most
 /// its `answer_limit` bytes, all within `timeout`. Ok is a 2xx, with the body when read.
 async fn attempt(
+    client: &awc::Client,
+    request: &Request,
+    timeout: Duration,
+    meter: &Meter,
+) -> Result<(StatusCode, Option<Bytes>), BackendError> {
+    meter.metrics.callout_started(meter.format);
+    let started = Instant::now();
+    let result = exchange(client, request, timeout).await;
+    let outcome = match &result {
+        Ok(_) => CalloutOutcome::Ok,
+        Err(BackendError::Refused(_) | BackendError::Unavailable(_)) => CalloutOutcome::Refused,
+        Err(_) => CalloutOutcome::Failed,
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    meter.metrics.callout_ended(meter.format, outcome, seconds);
+    result
+}
+
+/// The request and its answer, within `timeout`.
+async fn exchange(
     client: &awc::Client,
     request: &Request,
     timeout: Duration,
@@ -665,7 +709,7 @@ impl Handler<Check> for HttpBackend {
         let client = self.client.clone();
         Box::pin(async move {
             // The whole check, answer body included, within request_timeout_ms.
-            let result = attempt(&client, &request, settings.request_timeout)
+            let result = attempt(&client, &request, settings.request_timeout, &settings.meter)
                 .await
                 .and_then(|(status, body)| {
                     settings

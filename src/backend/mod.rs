@@ -17,6 +17,8 @@ pub mod loopback;
 pub mod socketdock;
 pub mod ws2api;
 
+use std::sync::Arc;
+
 use actix::{Actor, Addr};
 use awc::http::StatusCode;
 use serde_json::Value;
@@ -26,6 +28,7 @@ pub use callout::{BackendError, Request};
 use crate::config::{BackendConfig, BackendKind, RelayFormat};
 use crate::connection::ConnectionId;
 use crate::frame::Frame;
+use crate::metrics::Metrics;
 
 /// The backend handle a session relays through.
 #[derive(Clone)]
@@ -46,7 +49,11 @@ pub enum Backend {
 
 impl Backend {
     /// The backend for one worker thread (call it on that thread: it starts an actor there).
-    pub fn for_worker(config: &BackendConfig, notices: &http::PendingNotices) -> Self {
+    pub fn for_worker(
+        config: &BackendConfig,
+        notices: &http::PendingNotices,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
         match config.kind {
             BackendKind::Loopback => Backend::Loopback,
             BackendKind::Http => {
@@ -54,7 +61,8 @@ impl Backend {
                 Backend::Http {
                     checks_connect: format.checks_connect(),
                     notices: format.announces_disconnects().then(|| notices.clone()),
-                    addr: http::HttpBackend::new(config, format, notices.clone()).start(),
+                    addr: http::HttpBackend::new(config, format, notices.clone(), metrics.clone())
+                        .start(),
                 }
             }
         }

@@ -24,6 +24,14 @@ impl DialectKind {
     /// How many dialects there are (the size of per-dialect caches).
     pub const COUNT: usize = 4;
 
+    /// Every dialect, in index order.
+    pub const ALL: [DialectKind; Self::COUNT] = [
+        DialectKind::Raw,
+        DialectKind::JsonRpc,
+        DialectKind::Groups,
+        DialectKind::Topics,
+    ];
+
     /// A dense index for per-dialect caches.
     pub fn index(self) -> usize {
         match self {

@@ -4,6 +4,7 @@
 //! read up to [`ANSWER_LIMIT`].
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -13,6 +14,7 @@ use crate::backend::callout::read_answer;
 use crate::backend::BackendError;
 use crate::config::AuthorizationConfig;
 use crate::connection::ConnectionId;
+use crate::metrics::{HookOutcome, Metrics};
 
 /// Past this many cached answers, expired ones are swept out (at most once per TTL); while the
 /// cache is still this full, new answers are not cached, so memory stays bounded.
@@ -45,6 +47,8 @@ pub struct Authorizer {
     cache: HashMap<(u64, String), (bool, Instant)>,
     /// When the cache was last swept.
     swept: Instant,
+    /// Where questions and cache hits are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Actor for Authorizer {
@@ -53,7 +57,7 @@ impl Actor for Authorizer {
 
 impl Authorizer {
     /// The authorizer for the current worker, when a hook is configured.
-    pub fn for_worker(config: &AuthorizationConfig) -> Option<Addr<Self>> {
+    pub fn for_worker(config: &AuthorizationConfig, metrics: &Arc<Metrics>) -> Option<Addr<Self>> {
         let url = config.url.as_ref()?.to_string();
         let client = awc::Client::builder()
             .timeout(Duration::from_millis(config.timeout_ms.get()))
@@ -67,6 +71,7 @@ impl Authorizer {
                 ttl: Duration::from_millis(config.cache_ms),
                 cache: HashMap::new(),
                 swept: Instant::now(),
+                metrics: metrics.clone(),
             }
             .start(),
         )
@@ -87,9 +92,10 @@ impl Handler<Authorize> for Authorizer {
         for channel in msg.channels {
             match self.cached(msg.serial, &channel) {
                 Some(true) => {
+                    self.metrics.hook_cache_hit("authorize");
                     allowed.insert(channel);
                 }
-                Some(false) => {}
+                Some(false) => self.metrics.hook_cache_hit("authorize"),
                 None => ask.push(channel),
             }
         }
@@ -129,10 +135,14 @@ impl Handler<Authorize> for Authorizer {
             .into_actor(self)
             .map(
                 move |result: Result<HashSet<String>, BackendError>, act, _| {
-                    let granted = result.unwrap_or_else(|e| {
-                        log::warn!("id={id} authorization hook {url} failed, denying: {e}");
-                        HashSet::new()
-                    });
+                    let granted = match result {
+                        Ok(granted) => granted,
+                        Err(e) => {
+                            log::warn!("id={id} authorization hook {url} failed, denying: {e}");
+                            act.metrics.hook_answered("authorize", HookOutcome::Failed);
+                            HashSet::new()
+                        }
+                    };
                     if act.cache.len() >= CACHE_CAP && act.swept.elapsed() >= act.ttl {
                         let now = Instant::now();
                         act.cache.retain(|_, (_, expires)| *expires > now);
@@ -145,7 +155,10 @@ impl Handler<Authorize> for Authorizer {
                             act.cache.insert((serial, channel.clone()), (ok, expires));
                         }
                         if ok {
+                            act.metrics.hook_answered("authorize", HookOutcome::Allowed);
                             allowed.insert(channel);
+                        } else {
+                            act.metrics.hook_answered("authorize", HookOutcome::Refused);
                         }
                     }
                     allowed

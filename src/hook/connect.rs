@@ -4,6 +4,7 @@
 //! that status; anything else (or no answer) is 502. The whole call, answer body included,
 //! finishes within [`ADMISSION_TIMEOUT`], and the answer is read up to [`ADMISSION_ANSWER_LIMIT`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -12,6 +13,7 @@ use serde_json::Value;
 use crate::backend::callout::{frame_of, read_answer};
 use crate::backend::BackendError;
 use crate::frame::Frame;
+use crate::metrics::{HookOutcome, Metrics};
 
 /// How long the connect hook may take, answer body included.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,6 +34,8 @@ pub struct Admit {
 /// One worker's connect-hook client.
 pub struct ConnectHook {
     client: awc::Client,
+    /// Where the hook's answers are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Actor for ConnectHook {
@@ -40,12 +44,13 @@ impl Actor for ConnectHook {
 
 impl ConnectHook {
     /// A connect-hook client for the current worker.
-    pub fn start_for_worker() -> Addr<Self> {
+    pub fn start_for_worker(metrics: Arc<Metrics>) -> Addr<Self> {
         ConnectHook {
             client: awc::Client::builder()
                 .timeout(TIMEOUT)
                 .disable_redirects()
                 .finish(),
+            metrics,
         }
         .start()
     }
@@ -62,17 +67,24 @@ impl Handler<Admit> for ConnectHook {
             let body = read_answer(&mut response, ANSWER_LIMIT).await?;
             Ok::<_, BackendError>((!body.is_empty()).then(|| frame_of(body)))
         };
+        let metrics = self.metrics.clone();
         Box::pin(async move {
-            actix_web::rt::time::timeout(TIMEOUT, exchange)
+            let result = actix_web::rt::time::timeout(TIMEOUT, exchange)
                 .await
-                .unwrap_or(Err(BackendError::Timeout(TIMEOUT)))
-                .map_err(|e| {
-                    let status = e.handshake_status();
-                    if status == 502 {
-                        log::warn!("connect hook {}: {e}", msg.url);
-                    }
-                    status
-                })
+                .unwrap_or(Err(BackendError::Timeout(TIMEOUT)));
+            let outcome = match &result {
+                Ok(_) => HookOutcome::Allowed,
+                Err(BackendError::Refused(_)) => HookOutcome::Refused,
+                Err(_) => HookOutcome::Failed,
+            };
+            metrics.hook_answered("connect", outcome);
+            result.map_err(|e| {
+                let status = e.handshake_status();
+                if status == 502 {
+                    log::warn!("connect hook {}: {e}", msg.url);
+                }
+                status
+            })
         })
     }
 }

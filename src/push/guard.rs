@@ -163,7 +163,13 @@ fn check_host_and_origin(req: &HttpRequest, settings: &PushSettings) -> Result<(
     }
     for origin in req.headers().get_all(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
-        if !settings.origins.allows(origin) {
+        // A page this listener served itself (the dashboard) is not a foreign site.
+        let same_origin = host.is_some_and(|host| {
+            origin
+                .strip_prefix("http://")
+                .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+        });
+        if !same_origin && !settings.origins.allows(origin) {
             return Err(ApiError::Forbidden(format!(
                 "requests from origin `{origin}` are not allowed: add it to push.allowed_origins"
             )));

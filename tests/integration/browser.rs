@@ -206,6 +206,99 @@ async fn the_sample_page_echoes_subscribes_and_shows_deliveries() {
 
 #[actix_web::test]
 #[cfg_attr(missing_chromium, ignore = "chromium is not installed")]
+async fn the_dashboard_shows_the_hubs_figures_and_publishes() {
+    let binary = chromium().expect("chromium is not installed (apt-get install chromium)");
+    let hub = start(&format!(
+        "{}\n[push]\ntoken = \"dash-token\"\nlisten = \"127.0.0.1:0\"\n",
+        demo_config("")
+    ));
+    let token = Some("dash-token");
+    // A known load: three subscribers of `dash`, one echo client, two publishes.
+    let mut readers = Vec::new();
+    for i in 0..3 {
+        let mut ws = connect(&hub.ws_url("/rpc")).await;
+        let subscribe = json!({"jsonrpc": "2.0", "id": i, "method": "subscribe",
+            "params": {"channel": "dash"}});
+        call(&mut ws, subscribe).await;
+        readers.push(ws);
+    }
+    let mut echo = connect(&hub.ws_url("/ws")).await;
+    send_text(&mut echo, "ping").await;
+    next_data(&mut echo).await;
+    for n in 0..2 {
+        let body = json!({"channel": "dash", "data": n}).to_string();
+        let reply = http("POST", &hub.push_url("/api/publish"), token, Some(&body)).await;
+        assert_eq!(reply.json["reached"], 3);
+    }
+    for reader in &mut readers {
+        for _ in 0..2 {
+            next_json(reader).await;
+        }
+    }
+
+    let (_browser, port) = launch(binary, &hub.push_url("/dashboard"));
+    let mut page = open_page(port).await;
+    // Without the token the page shows nothing but asks for it.
+    page.wait_until(
+        "document.querySelector('#token-form') && !document.querySelector('#token-form').hidden",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.querySelector('#connections').textContent")
+            .await,
+        "-"
+    );
+    page.eval("document.querySelector('#token').value = 'dash-token'; document.querySelector('#token-save').click()").await;
+    page.wait_until("document.querySelector('#status').dataset.state === 'ok'")
+        .await;
+
+    // The page's figures are the hub's.
+    let data = http("GET", &hub.push_url("/api/dashboard"), token, None)
+        .await
+        .json;
+    assert_eq!(data["totals"]["connections"], 4);
+    assert_eq!(data["totals"]["deliveries"], 6);
+    assert_eq!(
+        data["totals"]["frames_in"], 4,
+        "three subscribes and one echo"
+    );
+    let shown = |id: &str| format!("document.querySelector('#{id}').textContent");
+    assert_eq!(page.eval(&shown("connections")).await, "4");
+    assert_eq!(page.eval(&shown("connects")).await, "4");
+    assert_eq!(page.eval(&shown("deliveries")).await, "6");
+    assert_eq!(page.eval(&shown("frames-in")).await, "4");
+    assert_eq!(page.eval(&shown("dropped")).await, "0");
+    assert_eq!(page.eval(&shown("channel-count")).await, "1");
+    assert_eq!(
+        page.eval("document.querySelector('#channels tr[data-channel=\"dash\"] td:last-child').textContent").await,
+        "3"
+    );
+    assert_eq!(
+        page.eval("document.querySelectorAll('#nodes tbody tr').length")
+            .await,
+        1
+    );
+    page.wait_until("document.querySelector('#chart canvas')")
+        .await;
+
+    // The publish form goes through the push API, from the page's own origin.
+    page.eval("document.querySelector('#publish-channel').value = 'dash'; document.querySelector('#publish-data').value = '{\"from\": \"the dashboard\"}'; document.querySelector('#publish').click()").await;
+    page.wait_until(
+        "document.querySelector('#publish-result').textContent === 'reached 3, dropped 0'",
+    )
+    .await;
+    for reader in &mut readers {
+        let delivery = next_json(reader).await;
+        assert_eq!(delivery["from"], "the dashboard", "{delivery}");
+    }
+    page.wait_until("document.querySelector('#deliveries').textContent === '9'")
+        .await;
+    let _ = page.ws.close(None).await;
+    let _ = page.ws.next().await;
+}
+
+#[actix_web::test]
+#[cfg_attr(missing_chromium, ignore = "chromium is not installed")]
 async fn chromium_negotiates_permessage_deflate_on_a_compressing_route() {
     let binary = chromium().expect("chromium is not installed (apt-get install chromium)");
     let hub = start(

@@ -7,7 +7,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -484,4 +484,22 @@ path = "/rpc"
 dialect = "jsonrpc"
 "#
     )
+}
+
+/// Publish 32 KiB messages to `channel` until the push API reports one dropped delivery (a
+/// subscriber that does not read was cut off); panics if none is within 2000 publishes.
+pub async fn publish_until_dropped(hub: &HubProcess, channel: &str) {
+    let payload = "x".repeat(32 * 1024);
+    for _ in 0..2000 {
+        let reply = post(
+            hub,
+            "/api/publish",
+            &json!({"channel": channel, "data": {"p": payload}}),
+        )
+        .await;
+        if reply.json["dropped"] == 1 {
+            return;
+        }
+    }
+    panic!("no subscriber of {channel} was ever cut off");
 }

@@ -14,6 +14,7 @@ mod hardening;
 mod harness;
 mod jsonrpc;
 mod lifecycle;
+mod metrics;
 mod mock_backend;
 mod nginx;
 mod push_api;

@@ -1,0 +1,94 @@
+//! The operator's views of the hub on the push listener: `GET /metrics` (Prometheus text
+//! format), the live dashboard page at `GET /dashboard` with its vendored chart library, and
+//! `GET /api/dashboard`, the figures the page polls.
+//!
+//! The page itself holds no data (it is served after the `Host` and `Origin` checks alone, so a
+//! browser can open it); every figure it shows comes from `/api/dashboard`, which needs the push
+//! token when one is set, as `/metrics` does.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::guard::{Allowed, ApiError, Authorized};
+use crate::hub::HubHandle;
+
+/// The dashboard page.
+const PAGE: &str = include_str!("../../static/dashboard.html");
+/// uPlot, the vendored chart library (see static/vendor/README.md).
+const UPLOT_JS: &str = include_str!("../../static/vendor/uPlot.iife.min.js");
+/// uPlot's stylesheet.
+const UPLOT_CSS: &str = include_str!("../../static/vendor/uPlot.min.css");
+/// How many channels the dashboard lists, the busiest first.
+const TOP_CHANNELS: usize = 10;
+/// The media type of the text the Prometheus client encodes (OpenMetrics 1.0).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Register the dashboard's routes (the `/api` data path is registered by the caller's scope).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(metrics))
+        .route("/dashboard", web::get().to(page))
+        .route("/dashboard/uPlot.iife.min.js", web::get().to(uplot_js))
+        .route("/dashboard/uPlot.min.css", web::get().to(uplot_css));
+}
+
+/// `GET /metrics`: every metric in the Prometheus text exposition format.
+pub async fn metrics(_: Authorized, hub: web::Data<HubHandle>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(OPENMETRICS)
+        .body(hub.metrics().encode())
+}
+
+/// `GET /metrics` on the scrape-only listener (`metrics.listen`): no token, nothing else served.
+pub async fn scrape(hub: web::Data<HubHandle>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(OPENMETRICS)
+        .body(hub.metrics().encode())
+}
+
+async fn page(_: Allowed) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(PAGE)
+}
+
+async fn uplot_js(_: Allowed) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header(("cache-control", "max-age=86400"))
+        .body(UPLOT_JS)
+}
+
+async fn uplot_css(_: Allowed) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .insert_header(("cache-control", "max-age=86400"))
+        .body(UPLOT_CSS)
+}
+
+/// `GET /api/dashboard`: this node's totals, its busiest channels and its row in the node
+/// table.
+pub async fn data(_: Authorized, hub: web::Data<HubHandle>) -> Result<HttpResponse, ApiError> {
+    let totals = hub.metrics().totals();
+    let stats = hub.stats().await?;
+    let mut channels = hub.channels().await?;
+    let count = channels.len();
+    channels.sort_by(|a, b| {
+        b.subscribers
+            .cmp(&a.subscribers)
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    channels.truncate(TOP_CHANNELS);
+    let node = format!("pid {}", std::process::id());
+    Ok(HttpResponse::Ok().json(json!({
+        "node": node,
+        "totals": totals,
+        "channels": {"count": count, "top": channels},
+        "nodes": [{
+            "name": node,
+            "connections": totals.connections,
+            "channels": stats.channels,
+            "deliveries": totals.deliveries,
+            "dropped": totals.dropped,
+        }],
+    })))
+}
