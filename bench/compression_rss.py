@@ -6,8 +6,9 @@ connections that offer permessage-deflate (the `websockets` client's default off
 browser's: `permessage-deflate; client_max_window_bits`), spread over source addresses
 127.0.0.2-127.0.0.250. Each subscribes to one channel (a compressed message the hub inflates)
 and the hub's RSS is read; then PUBLICATIONS publications of about 4 KiB of JSON are pushed
-through the push API, every client waits for all of them, and RSS is read again. Each figure
-is the hub's RSS above what it had before the first client connected, divided by N.
+through the push API, every client waits for all of them, and RSS is read again, and once
+more after 2.5 heartbeat intervals (2 s here) without traffic. Each figure is the hub's RSS
+above what it had before the first client connected, divided by N.
 
 MODE:
   shared    compression = true with the route defaults (no context takeover on either side:
@@ -42,6 +43,11 @@ ROUTE_KEYS = {
                 "client_no_context_takeover = false\n",
     "plain": "",
 }
+
+
+# A short heartbeat, so that the idle check that drops a connection's own compressor (after
+# a heartbeat interval without use) runs within the measurement.
+HEARTBEAT_MS = 2000
 
 
 def free_port():
@@ -91,7 +97,8 @@ async def run(n, mode, publications):
     ws_port, push_port = free_port(), free_port()
     ws, push = f"127.0.0.1:{ws_port}", f"127.0.0.1:{push_port}"
     config = (
-        "[server]\npage = false\n\n[limits]\nmax_messages_per_second = 100000\n\n"
+        "[server]\npage = false\n\n[limits]\nmax_messages_per_second = 100000\n"
+        f"heartbeat_interval_ms = {HEARTBEAT_MS}\n\n"
         "[backend]\nkind = \"loopback\"\n\n"
         f"[[routes]]\npath = \"/rpc\"\ndialect = \"jsonrpc\"\n{ROUTE_KEYS[mode]}"
     )
@@ -143,7 +150,9 @@ async def run(n, mode, publications):
                 raise RuntimeError(f"publication {p} reached {reply['reached']} of {n}")
         await asyncio.wait_for(asyncio.gather(*readers), max(1.0, deadline - time.time()))
         after = await settle(hub.pid)
-        return base, idle, after, extensions
+        # Two more heartbeat intervals without traffic: kept compressors are dropped.
+        quiet = await settle(hub.pid, 2.5 * HEARTBEAT_MS / 1000)
+        return base, idle, after, quiet, extensions
     finally:
         for r in readers:
             r.cancel()
@@ -162,12 +171,14 @@ def main():
         sys.exit("N must be 1..19000")
     if mode not in ROUTE_KEYS:
         sys.exit(f"MODE must be one of {', '.join(ROUTE_KEYS)}")
-    base, idle, after, extensions = asyncio.run(run(n, mode, publications))
+    base, idle, after, quiet, extensions = asyncio.run(run(n, mode, publications))
     print(f"mode {mode}, {n} connections, agreed: {extensions}")
     print(f"hub RSS: {base} KiB before, {idle} KiB with {n} subscribed connections, "
-          f"{after} KiB after {publications} publications of ~4 KiB to each")
+          f"{after} KiB after {publications} publications of ~4 KiB to each, "
+          f"{quiet} KiB after {2.5 * HEARTBEAT_MS / 1000:.0f} s more without traffic")
     print(f"per connection: idle {(idle - base) / n:.2f} KiB, "
-          f"after the publications {(after - base) / n:.2f} KiB")
+          f"after the publications {(after - base) / n:.2f} KiB, "
+          f"quiet again {(quiet - base) / n:.2f} KiB")
 
 
 if __name__ == "__main__":

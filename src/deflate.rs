@@ -456,9 +456,11 @@ impl Deflate {
             } else {
                 compress_alone(payload, method)
             };
-            // Data that does not shrink goes out as it is. (With context takeover it cannot:
-            // the compressor's window already holds it, so the client's must too.)
-            return compressed.filter(|c| c.len() < payload.len());
+            // Data that does not shrink goes out as it is, unless the route compresses every
+            // message (threshold 0). With context takeover it cannot: the compressor's window
+            // already holds it, so the client's must too.
+            let always = self.agreed.threshold == 0;
+            return compressed.filter(|c| always || c.len() < payload.len());
         }
         self.compressed_lately = true;
         let compressor = self
@@ -686,7 +688,16 @@ mod tests {
                 state as u8
             })
             .collect();
-        assert_eq!(alone.outgoing(&Bytes::from(noise), false), None);
+        let noise = Bytes::from(noise);
+        assert_eq!(alone.outgoing(&noise, false), None);
+        // Unless the route compresses everything (threshold 0).
+        let every = Settings {
+            threshold: 0,
+            server_no_context_takeover: true,
+            ..ROUTE
+        };
+        let mut every = Deflate::new(negotiate(["permessage-deflate"], &every).unwrap(), 1 << 20);
+        assert!(every.outgoing(&noise, false).is_some());
         let mut client = Decompress::new(false);
         let message = sample(10_000);
         for _ in 0..3 {

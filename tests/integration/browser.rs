@@ -309,7 +309,11 @@ async fn chromium_negotiates_permessage_deflate_on_a_compressing_route() {
     );
     let (_browser, port) = launch(binary, &hub.http_url("/"));
     let mut page = open_page(port).await;
-    page.wait_until("document.readyState === 'complete'").await;
+    // The sample page itself, not a blank tab that is still loading it.
+    page.wait_until(
+        "document.readyState === 'complete' && document.querySelector('#echo-connect')",
+    )
+    .await;
 
     // An echo both ways: Chromium compresses what it sends, the hub what it answers.
     let echo = |path: &str| {
@@ -319,7 +323,8 @@ async fn chromium_negotiates_permessage_deflate_on_a_compressing_route() {
                 const sent = Array.from({{length: 400}}, (_, i) => `message ${{i * 7919 % 1000}} from chromium`).join(' ');
                 ws.onopen = () => ws.send(sent);
                 ws.onmessage = (e) => {{ resolve({{extensions: ws.extensions, same: e.data === sent, length: e.data.length}}); ws.close(); }};
-                ws.onerror = () => reject(new Error('websocket error'));
+                ws.onclose = (e) => resolve({{closed: e.code}});
+                ws.onerror = () => resolve({{error: true}});
             }})"
         )
     };
