@@ -444,6 +444,39 @@ pub struct RouteConfig {
     /// The token in effect, once [`Config::resolve_secrets`] has read its sources.
     #[serde(skip)]
     resolved_accept_token: Option<ResolvedToken>,
+    /// permessage-deflate (RFC 7692) is accepted when a client offers it.
+    #[serde(default)]
+    pub compression: bool,
+    /// compression: messages shorter than this many bytes go out uncompressed.
+    #[serde(default = "default_compression_threshold")]
+    pub compression_threshold: usize,
+    /// compression: the zlib level the server compresses with, 1 (fastest) to 9 (smallest).
+    #[serde(
+        default = "default_compression_level",
+        deserialize_with = "in_range::<_, 1, 9>"
+    )]
+    pub compression_level: usize,
+    /// compression: every message the server sends starts from an empty window, so a
+    /// publication is compressed once and shared by its recipients.
+    #[serde(default = "default_true")]
+    pub server_no_context_takeover: bool,
+    /// compression: clients start every message from an empty window, so no inflater is kept
+    /// per connection between messages.
+    #[serde(default = "default_true")]
+    pub client_no_context_takeover: bool,
+    /// compression: the largest window the server compresses with, in bits.
+    #[serde(
+        default = "default_window_bits",
+        deserialize_with = "in_range::<_, { crate::deflate::MIN_WINDOW_BITS }, { crate::deflate::MAX_WINDOW_BITS }>"
+    )]
+    pub server_max_window_bits: usize,
+    /// compression: the largest window clients that offer `client_max_window_bits` are asked
+    /// to compress with, in bits.
+    #[serde(
+        default = "default_window_bits",
+        deserialize_with = "in_range::<_, { crate::deflate::MIN_WINDOW_BITS }, { crate::deflate::MAX_WINDOW_BITS }>"
+    )]
+    pub client_max_window_bits: usize,
 }
 
 impl RouteConfig {
@@ -451,6 +484,22 @@ impl RouteConfig {
     pub fn accept_token(&self) -> Option<&str> {
         ResolvedToken::in_effect(&self.resolved_accept_token, &self.accept_token)
     }
+}
+
+fn default_compression_threshold() -> usize {
+    crate::deflate::DEFAULT_THRESHOLD
+}
+
+fn default_compression_level() -> usize {
+    crate::deflate::DEFAULT_LEVEL
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_window_bits() -> usize {
+    crate::deflate::MAX_WINDOW_BITS
 }
 
 /// The `[log]` section.
@@ -497,6 +546,13 @@ fn default_routes() -> Vec<RouteConfig> {
             accept_token: None,
             accept_token_file: None,
             resolved_accept_token: None,
+            compression: false,
+            compression_threshold: default_compression_threshold(),
+            compression_level: default_compression_level(),
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            server_max_window_bits: default_window_bits(),
+            client_max_window_bits: default_window_bits(),
         },
         RouteConfig {
             path: "/rpc".to_owned(),
@@ -510,6 +566,13 @@ fn default_routes() -> Vec<RouteConfig> {
             accept_token: None,
             accept_token_file: None,
             resolved_accept_token: None,
+            compression: false,
+            compression_threshold: default_compression_threshold(),
+            compression_level: default_compression_level(),
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            server_max_window_bits: default_window_bits(),
+            client_max_window_bits: default_window_bits(),
         },
     ]
 }
@@ -1808,6 +1871,35 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("collides"), "{err}");
+    }
+
+    #[test]
+    fn compression_window_bits_are_ranged_and_name_their_key() {
+        let route = "[[routes]]\npath = \"/ws\"\ndialect = \"raw\"\ncompression = true\n";
+        let config = check(route).unwrap();
+        let r = &config.routes[0];
+        assert!(r.compression && r.server_no_context_takeover && r.client_no_context_takeover);
+        assert_eq!(
+            (r.server_max_window_bits, r.compression_threshold),
+            (15, 128)
+        );
+        for (text, key) in [
+            (
+                "server_max_window_bits = 8",
+                "routes[0].server_max_window_bits",
+            ),
+            (
+                "server_max_window_bits = 16",
+                "routes[0].server_max_window_bits",
+            ),
+            (
+                "client_max_window_bits = 8",
+                "routes[0].client_max_window_bits",
+            ),
+        ] {
+            let err = check(&format!("{route}{text}\n")).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("9..=15"), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - `upgrade`: the WebSocket handshake on actix-http's upgrade hook; the socket then goes to a
 //!   `session`, the per-socket actor on the raw TCP stream (`wire`: the frame format,
 //!   `outbox`: the write queue and its budget, `reassembly`: fragments, `gate`: the
-//!   authorization gate, `rate_limit`: messages and bytes per second).
+//!   authorization gate, `rate_limit`: messages and bytes per second, `deflate`:
+//!   permessage-deflate).
 //! - `hub`: the hub actor around the pure `registry`, reached only through `HubHandle`;
 //!   `operation` and `delivery`: what goes in and comes out of it.
 //! - `dialect`: one pure codec per route kind (`raw`, `jsonrpc`, `groups`, `topics`).
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod config;
 mod connection;
 mod courier;
+mod deflate;
 mod delivery;
 mod dialect;
 mod frame;

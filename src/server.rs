@@ -205,6 +205,16 @@ pub async fn run_with_readiness(
                 client_ids: route.path.contains("{id}"),
                 max_pending: config.backend.max_pending_per_connection,
                 trusted_proxies: Arc::new(config.server.trusted_proxies.clone()),
+                compression: route.compression.then_some(crate::deflate::Settings {
+                    threshold: route.compression_threshold,
+                    // 1..=9, checked when the config was read.
+                    level: route.compression_level as u8,
+                    server_no_context_takeover: route.server_no_context_takeover,
+                    client_no_context_takeover: route.client_no_context_takeover,
+                    // 9..=15, checked when the config was read.
+                    server_max_window_bits: route.server_max_window_bits as u8,
+                    client_max_window_bits: route.client_max_window_bits as u8,
+                }),
                 labels: RouteLabels {
                     route: route.path.clone(),
                     dialect: route.dialect.name().to_owned(),

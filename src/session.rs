@@ -31,6 +31,7 @@ use crate::backend::{loopback, Backend};
 use crate::config::LimitsConfig;
 use crate::connection::ConnectionId;
 use crate::courier::CourierHandle;
+use crate::deflate::Deflate;
 use crate::delivery::{Deliver, Outbound};
 use crate::dialect::{Action, Dialect, DialectKind, DialectOptions, ReplyPlan};
 use crate::frame::{close_code, Close, Frame};
@@ -71,6 +72,8 @@ pub struct RouteContext {
     pub max_pending: usize,
     /// Peers whose X-Forwarded-For header is believed.
     pub trusted_proxies: Arc<crate::config::TrustedProxies>,
+    /// permessage-deflate, when the route accepts it.
+    pub compression: Option<crate::deflate::Settings>,
     /// The route's labels in the metrics.
     pub labels: RouteLabels,
 }
@@ -111,6 +114,8 @@ pub(crate) struct SessionSetup {
     pub io: TcpStream,
     /// Bytes the client sent after its handshake that were already read.
     pub read_buf: BytesMut,
+    /// permessage-deflate, when the handshake agreed on it.
+    pub deflate: Option<crate::deflate::Agreed>,
 }
 
 /// Lets the session stop and resume reading from its socket.
@@ -142,6 +147,8 @@ struct FrameReader {
     io: Rc<TcpStream>,
     buf: BytesMut,
     max_payload: usize,
+    /// RSV1 may be set (permessage-deflate was agreed).
+    deflate: bool,
     gate: Rc<ReadGate>,
     done: bool,
 }
@@ -162,7 +169,7 @@ impl Stream for FrameReader {
                 this.gate.waker.set(Some(cx.waker().clone()));
                 return Poll::Pending;
             }
-            match wire::decode(&mut this.buf, this.max_payload) {
+            match wire::decode(&mut this.buf, this.max_payload, this.deflate) {
                 Ok(Some(frame)) => {
                     // The frame's payload was split off the buffer and may share its
                     // allocation: an empty buffer is dropped, or the connection would keep
@@ -233,6 +240,8 @@ pub struct Session {
     rate: RateLimit,
     /// A fragmented message being joined.
     reassembly: Reassembly,
+    /// permessage-deflate, when the handshake agreed on it.
+    deflate: Option<Deflate>,
     /// The close code of the close handshake, once one started (logged on disconnect).
     close_code: Option<u16>,
     /// The close reason (ws2api's DELETE body); None means the TCP connection dropped.
@@ -284,6 +293,7 @@ pub(crate) fn start(setup: SessionSetup) {
             BytesMut::from(&setup.read_buf[..])
         },
         max_payload: limits.max_message_size,
+        deflate: setup.deflate.is_some(),
         gate: gate.clone(),
         done: false,
     };
@@ -306,6 +316,9 @@ pub(crate) fn start(setup: SessionSetup) {
         last_tick: now,
         rate: RateLimit::new(limits.max_messages_per_second, limits.max_bytes_per_second),
         reassembly: Reassembly::new(limits.max_message_size),
+        deflate: setup
+            .deflate
+            .map(|agreed| Deflate::new(agreed, limits.max_message_size)),
         close_code: None,
         close_reason: None,
         close_sent: false,
@@ -433,6 +446,9 @@ impl Session {
         let now = Instant::now();
         let gap = now.duration_since(self.last_tick);
         self.last_tick = now;
+        if let Some(deflate) = &mut self.deflate {
+            deflate.idle_check();
+        }
         if gap > interval * 2 {
             // This process was not scheduled (stopped, a paused VM): the silence was ours, not
             // the client's. Ask again and give it a whole timeout to answer.
@@ -462,17 +478,19 @@ impl Session {
     }
 
     fn ping(&mut self, ctx: &mut Context<Self>) {
-        self.send(ctx, Opcode::Ping, Bytes::new(), None);
+        self.send(ctx, Opcode::Ping, Bytes::new(), None, false);
     }
 
     /// Queue a frame and write what the socket takes. `counted` is its size when its room in
-    /// the backlog is already taken.
+    /// the backlog is already taken (the uncompressed size); `shared` marks a payload other
+    /// connections receive too (its compressed form is shared as well).
     fn send(
         &mut self,
         ctx: &mut Context<Self>,
         opcode: Opcode,
         payload: Bytes,
         counted: Option<usize>,
+        shared: bool,
     ) {
         if self.close_sent {
             // Nothing follows the close frame.
@@ -481,8 +499,17 @@ impl Session {
             }
             return;
         }
-        self.outbox
-            .push(Header::new(opcode, payload.len()), payload, counted);
+        let data = matches!(opcode, Opcode::Text | Opcode::Binary);
+        let compressed = self
+            .deflate
+            .as_mut()
+            .filter(|_| data)
+            .and_then(|deflate| deflate.outgoing(&payload, shared));
+        let (header, payload) = match compressed {
+            Some(compressed) => (Header::compressed(opcode, compressed.len()), compressed),
+            None => (Header::new(opcode, payload.len()), payload),
+        };
+        self.outbox.push(header, payload, counted);
         self.flush(ctx);
     }
 
@@ -498,7 +525,7 @@ impl Session {
     fn send_own(&mut self, ctx: &mut Context<Self>, opcode: Opcode, payload: Bytes) {
         let size = payload.len();
         self.backlog.add(size);
-        self.send(ctx, opcode, payload, Some(size));
+        self.send(ctx, opcode, payload, Some(size), false);
         if self.backlog.over_budget() && !self.gate.paused.get() {
             log::debug!(id:% = self.id; "backlog over budget: reading paused");
             self.gate.paused.set(true);
@@ -589,6 +616,9 @@ impl Session {
             self.close_reason = Some(close.map(|c| c.reason).unwrap_or_default());
         }
         self.reassembly.clear();
+        if let Some(deflate) = &mut self.deflate {
+            deflate.clear();
+        }
         self.outbox
             .push(Header::new(Opcode::Close, payload.len()), payload, None);
         self.close_sent = true;
@@ -685,8 +715,23 @@ impl Session {
         self.fail(ctx, Close::new(close_code::POLICY_VIOLATION, reason));
     }
 
-    /// A data frame arrived: pass a whole message on, or join it to the message in progress.
-    fn on_data(&mut self, ctx: &mut Context<Self>, kind: DataKind, fin: bool, data: Bytes) {
+    /// A data frame arrived: inflate it if its message is compressed, then pass a whole
+    /// message on, or join it to the message in progress.
+    fn on_data(
+        &mut self,
+        ctx: &mut Context<Self>,
+        kind: DataKind,
+        fin: bool,
+        compressed: bool,
+        data: Bytes,
+    ) {
+        let data = match &mut self.deflate {
+            Some(deflate) => match deflate.incoming(kind, fin, compressed, data) {
+                Ok(data) => data,
+                Err(close) => return self.fail(ctx, close),
+            },
+            None => data,
+        };
         match self.reassembly.push(kind, fin, data) {
             Ok(Some(frame)) => self.on_message(ctx, frame),
             Ok(None) => {}
@@ -835,7 +880,12 @@ impl StreamHandler<Result<Incoming, ReadError>> for Session {
             _ if self.close_sent => {}
             Incoming::Ping(payload) => self.send_own(ctx, Opcode::Pong, payload),
             Incoming::Pong => {}
-            Incoming::Data { kind, fin, payload } => self.on_data(ctx, kind, fin, payload),
+            Incoming::Data {
+                kind,
+                fin,
+                compressed,
+                payload,
+            } => self.on_data(ctx, kind, fin, compressed, payload),
         }
     }
 
@@ -855,7 +905,7 @@ impl Handler<Deliver> for Session {
                 let (opcode, payload) = frame_parts(frame);
                 let size = payload.len();
                 // The hub reserved its room in the backlog.
-                self.send(ctx, opcode, payload, Some(size));
+                self.send(ctx, opcode, payload, Some(size), true);
             }
             Outbound::Close(close) => self.close(ctx, close),
             Outbound::CutOff => {

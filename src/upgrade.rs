@@ -2,8 +2,8 @@
 //! to [`serve`] together with its socket (actix-http's upgrade hook), so the socket leaves the
 //! HTTP dispatcher and its buffers for good. Here the request finds its route, the handshake is
 //! checked (RFC 6455 §4.2.1), the connection cap applied, the id chosen, the backend's connect
-//! check and the route's connect hook asked; then the answer is 101 and a session starts on the
-//! raw socket. A refusal is a status with a JSON body, and the socket is closed at once.
+//! check and the route's connect hook asked; then the answer is 101 (with permessage-deflate
+//! when the route and the client agree on it) and a session starts on the raw socket. A refusal is a status with a JSON body, and the socket is closed at once.
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -26,6 +26,7 @@ use crate::backend::Backend;
 use crate::config::TrustedProxies;
 use crate::connection::ConnectionId;
 use crate::courier::CourierHandle;
+use crate::deflate;
 use crate::frame::Frame;
 use crate::hook::authorize::Authorizer;
 use crate::hook::connect::{Admit, ConnectHook};
@@ -402,7 +403,18 @@ async fn answer(
             return refuse(framed, refusal).await;
         }
     };
-    let response = ws::handshake_response(req.head()).finish().drop_body();
+    let mut response = ws::handshake_response(req.head());
+    let deflate = admitted.route.compression.as_ref().and_then(|settings| {
+        let offers = req
+            .headers()
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .filter_map(|v| v.to_str().ok());
+        deflate::negotiate(offers, settings)
+    });
+    if let Some(agreed) = &deflate {
+        response.insert_header((header::SEC_WEBSOCKET_EXTENSIONS, agreed.response()));
+    }
+    let response = response.finish().drop_body();
     framed
         .send(h1::Message::Item((response, BodySize::None)))
         .await?;
@@ -419,6 +431,7 @@ async fn answer(
         first_frame: admitted.first_frame,
         io: parts.io,
         read_buf: parts.read_buf,
+        deflate,
     });
     Ok(())
 }

@@ -28,6 +28,9 @@ pub(crate) enum Incoming {
         kind: DataKind,
         /// Whether the message ends with this frame.
         fin: bool,
+        /// RSV1 on the first frame of a message: the message is compressed
+        /// (permessage-deflate, only on a connection that negotiated it).
+        compressed: bool,
         /// The frame's payload.
         payload: Bytes,
     },
@@ -68,19 +71,42 @@ fn announced_length(src: &[u8]) -> Option<u64> {
     }
 }
 
+/// RSV1 in a frame's first byte: permessage-deflate's "compressed" bit.
+const RSV1: u8 = 0x40;
+
 /// Take the next whole frame off `src`, if it has arrived. A header announcing more than
 /// `max_payload` bytes is refused (1009) as soon as its length field is complete, so no client
-/// can make the server buffer more than one frame of at most `max_payload` bytes.
-pub(crate) fn decode(src: &mut BytesMut, max_payload: usize) -> Result<Option<Incoming>, Close> {
+/// can make the server buffer more than one frame of at most `max_payload` bytes. RSV1 is
+/// legal only when `deflate` (the connection negotiated permessage-deflate), and then only on
+/// the first frame of a data message (RFC 7692 §6).
+pub(crate) fn decode(
+    src: &mut BytesMut,
+    max_payload: usize,
+    deflate: bool,
+) -> Result<Option<Incoming>, Close> {
     if let Some(length) = announced_length(src) {
         if length > max_payload as u64 {
             return Err(Close::new(close_code::MESSAGE_TOO_BIG, "message too big"));
         }
     }
-    let Some((fin, opcode, payload)) = Parser::parse(src, true, max_payload).map_err(refusal)?
-    else {
+    // actix-http's parser refuses every reserved bit: RSV1 is taken off before it parses (and
+    // put back while the frame is incomplete).
+    let compressed = deflate && src.first().is_some_and(|b| b & RSV1 != 0);
+    if compressed {
+        src[0] &= !RSV1;
+    }
+    let parsed = Parser::parse(src, true, max_payload).map_err(refusal)?;
+    let Some((fin, opcode, payload)) = parsed else {
+        if compressed {
+            src[0] |= RSV1;
+        }
         return Ok(None);
     };
+    if compressed && !matches!(opcode, OpCode::Text | OpCode::Binary) {
+        return Err(protocol_error(
+            "RSV1 set on a control or continuation frame",
+        ));
+    }
     let payload = payload.map_or_else(Bytes::new, BytesMut::freeze);
     let control = matches!(opcode, OpCode::Ping | OpCode::Pong | OpCode::Close);
     if control && !fin {
@@ -89,6 +115,7 @@ pub(crate) fn decode(src: &mut BytesMut, max_payload: usize) -> Result<Option<In
     let data = |kind| Incoming::Data {
         kind,
         fin,
+        compressed,
         payload: payload.clone(),
     };
     Ok(Some(match opcode {
@@ -152,8 +179,17 @@ pub(crate) struct Header {
 impl Header {
     /// The header of a frame with this opcode and payload length.
     pub(crate) fn new(opcode: Opcode, payload_len: usize) -> Self {
+        Self::with_rsv1(opcode, payload_len, false)
+    }
+
+    /// The header of a data frame whose payload is compressed (permessage-deflate).
+    pub(crate) fn compressed(opcode: Opcode, payload_len: usize) -> Self {
+        Self::with_rsv1(opcode, payload_len, true)
+    }
+
+    fn with_rsv1(opcode: Opcode, payload_len: usize, rsv1: bool) -> Self {
         let mut bytes = [0u8; 10];
-        bytes[0] = 0x80 | opcode as u8;
+        bytes[0] = 0x80 | if rsv1 { RSV1 } else { 0 } | opcode as u8;
         let len = if payload_len < 126 {
             bytes[1] = payload_len as u8;
             2
@@ -211,43 +247,44 @@ mod tests {
     fn a_header_announcing_too_much_is_refused_before_its_payload() {
         // 2^62 bytes announced, nothing of the payload sent.
         let mut src = BytesMut::from(&[0x82, 0xff, 0x40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0][..]);
-        let err = decode(&mut src, 65_536).unwrap_err();
+        let err = decode(&mut src, 65_536, false).unwrap_err();
         assert_eq!(err.code, close_code::MESSAGE_TOO_BIG);
         // One byte over the limit, 16-bit length, only the header so far.
         let mut src = BytesMut::from(&[0x82, 0xfe, 0x01, 0x01][..]);
-        assert_eq!(decode(&mut src, 256).unwrap_err().code, 1009);
+        assert_eq!(decode(&mut src, 256, false).unwrap_err().code, 1009);
         // Exactly the limit is fine, and waits for the payload.
         let mut src = BytesMut::from(&[0x82, 0xfe, 0x01, 0x00, 0, 0, 0, 0][..]);
-        assert_eq!(decode(&mut src, 256), Ok(None));
+        assert_eq!(decode(&mut src, 256, false), Ok(None));
     }
 
     #[test]
     fn frames_are_decoded_whole() {
         let mut src = client_frame(0x81, b"hello");
         src.extend_from_slice(&client_frame(0x89, b"p"));
-        let first = decode(&mut src, 1024).unwrap().unwrap();
+        let first = decode(&mut src, 1024, false).unwrap().unwrap();
         assert_eq!(
             first,
             Incoming::Data {
                 kind: DataKind::Text,
                 fin: true,
+                compressed: false,
                 payload: Bytes::from_static(b"hello")
             }
         );
         assert_eq!(
-            decode(&mut src, 1024).unwrap().unwrap(),
+            decode(&mut src, 1024, false).unwrap().unwrap(),
             Incoming::Ping(Bytes::from_static(b"p"))
         );
-        assert_eq!(decode(&mut src, 1024), Ok(None));
+        assert_eq!(decode(&mut src, 1024, false), Ok(None));
         // Half a frame waits.
         let mut half = client_frame(0x82, &[7; 300]);
         half.truncate(100);
-        assert_eq!(decode(&mut half, 1024), Ok(None));
+        assert_eq!(decode(&mut half, 1024, false), Ok(None));
     }
 
     #[test]
     fn protocol_errors_get_their_close_codes() {
-        let code = |mut src: BytesMut| decode(&mut src, 1024).unwrap_err().code;
+        let code = |mut src: BytesMut| decode(&mut src, 1024, false).unwrap_err().code;
         // RSV1 set.
         assert_eq!(code(client_frame(0xc1, b"x")), 1002);
         // Unmasked.
@@ -260,9 +297,33 @@ mod tests {
         assert_eq!(code(client_frame(0x88, &[0x03, 0xe8, 0xff])), 1007);
         let mut ok = client_frame(0x88, &[0x0f, 0xa0, b'b', b'y', b'e']);
         assert_eq!(
-            decode(&mut ok, 1024).unwrap().unwrap(),
+            decode(&mut ok, 1024, false).unwrap().unwrap(),
             Incoming::Close(Some((4000, "bye".into())))
         );
+    }
+
+    #[test]
+    fn rsv1_marks_a_compressed_message_only_where_negotiated() {
+        let code = |mut src: BytesMut| decode(&mut src, 1024, true).unwrap_err().code;
+        // First frame of a text message, in two reads: the bit survives the wait.
+        let whole = client_frame(0xc1, b"xyz");
+        let mut src = BytesMut::from(&whole[..4]);
+        assert_eq!(decode(&mut src, 1024, true), Ok(None));
+        src.extend_from_slice(&whole[4..]);
+        assert_eq!(
+            decode(&mut src, 1024, true).unwrap().unwrap(),
+            Incoming::Data {
+                kind: DataKind::Text,
+                fin: true,
+                compressed: true,
+                payload: Bytes::from_static(b"xyz")
+            }
+        );
+        // On a continuation or a control frame it is a protocol error; so are RSV2 and RSV3.
+        assert_eq!(code(client_frame(0xc0, b"x")), 1002);
+        assert_eq!(code(client_frame(0xc9, b"")), 1002);
+        assert_eq!(code(client_frame(0xa2, b"x")), 1002);
+        assert_eq!(Header::compressed(Opcode::Binary, 3).as_bytes(), &[0xc2, 3]);
     }
 
     #[test]

@@ -350,3 +350,84 @@ async fn in_the_demo_config_connect_then_publish_shows_a_delivery_from_the_backe
     let _ = page.ws.close(None).await;
     let _ = page.ws.next().await;
 }
+
+#[actix_web::test]
+#[cfg_attr(missing_chromium, ignore = "chromium is not installed")]
+async fn chromium_negotiates_permessage_deflate_on_a_compressing_route() {
+    let binary = chromium().expect("chromium is not installed (apt-get install chromium)");
+    let hub = start(
+        "[server]\npage = true\n\n[backend]\nkind = \"loopback\"\n\n\
+         [[routes]]\npath = \"/ws\"\ndialect = \"raw\"\ncompression = true\n\n\
+         [[routes]]\npath = \"/rpc\"\ndialect = \"jsonrpc\"\ncompression = true\n\n\
+         [[routes]]\npath = \"/plain\"\ndialect = \"raw\"\n",
+    );
+    let (_browser, port) = launch(binary, &hub.http_url("/"));
+    let mut page = open_page(port).await;
+    // The sample page itself, not a blank tab that is still loading it.
+    page.wait_until(
+        "document.readyState === 'complete' && document.querySelector('#echo-connect')",
+    )
+    .await;
+
+    // An echo both ways: Chromium compresses what it sends, the hub what it answers.
+    let echo = |path: &str| {
+        format!(
+            "new Promise((resolve, reject) => {{
+                const ws = new WebSocket(`ws://${{location.host}}{path}`);
+                const sent = Array.from({{length: 400}}, (_, i) => `message ${{i * 7919 % 1000}} from chromium`).join(' ');
+                ws.onopen = () => ws.send(sent);
+                ws.onmessage = (e) => {{ resolve({{extensions: ws.extensions, same: e.data === sent, length: e.data.length}}); ws.close(); }};
+                ws.onclose = (e) => resolve({{closed: e.code}});
+                ws.onerror = () => resolve({{error: true}});
+            }})"
+        )
+    };
+    let compressed = page.eval(&echo("/ws")).await;
+    assert!(
+        compressed["extensions"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("permessage-deflate")),
+        "{compressed}"
+    );
+    assert_eq!(compressed["same"], true, "{compressed}");
+    assert!(compressed["length"].as_u64() > Some(5000), "{compressed}");
+    let plain = page.eval(&echo("/plain")).await;
+    assert_eq!(plain["extensions"], "", "{plain}");
+    assert_eq!(plain["same"], true, "{plain}");
+
+    // A publication from the backend reaches the page compressed (the shared path).
+    page.eval(
+        "new Promise((resolve, reject) => {
+            window.received = [];
+            const ws = new WebSocket(`ws://${location.host}/rpc`);
+            window.rpc = ws;
+            ws.onopen = () => ws.send(JSON.stringify({jsonrpc: '2.0', id: 1, method: 'subscribe', params: {channel: 'deflated'}}));
+            ws.onmessage = (e) => { window.received.push(e.data); if (e.data.includes('subscribed')) resolve(ws.extensions); };
+            ws.onerror = () => reject(new Error('websocket error'));
+        })",
+    )
+    .await;
+    assert!(page
+        .eval("window.rpc.extensions")
+        .await
+        .as_str()
+        .is_some_and(|e| e.starts_with("permessage-deflate")));
+    let story = "a long story from the backend ".repeat(100);
+    let reply = post(
+        &hub,
+        "/api/publish",
+        &json!({"channel": "deflated", "data": {"story": story}}),
+    )
+    .await;
+    assert_eq!(
+        reply.json["reached"], 1,
+        "the page's socket is the subscriber"
+    );
+    page.wait_until(&format!(
+        "window.received.some(m => m.includes({}))",
+        json!(story)
+    ))
+    .await;
+    let _ = page.ws.close(None).await;
+    let _ = page.ws.next().await;
+}

@@ -5,6 +5,7 @@
 
 mod browser;
 mod cli;
+mod compression;
 mod config;
 mod dialects;
 mod docs;
