@@ -15,10 +15,14 @@ use std::future::Future;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use futures_util::future::LocalBoxFuture;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::channel::{ChannelName, Publication, PublicationKind};
+use crate::cluster::{
+    ClusterHandle, ClusterReach, Coverage, LocalHub, Question, RemoteError, Surveyed,
+};
 use crate::connection::ConnectionId;
 use crate::delivery::{Deliver, Delivery, Outbound, Undelivered};
 use crate::dialect::{self, DialectKind};
@@ -74,9 +78,78 @@ pub struct HubStats {
     pub stalled_connections_closed: u64,
 }
 
-/// The one way into the hub: cheap to clone, every call a message to the hub actor.
+/// The one way into the hub: cheap to clone, every call a message to the hub actor. In a
+/// cluster it also owns the way to the other nodes: a connection this node does not hold is
+/// looked for there, and listings and counts cover every node (the handle may await; the hub
+/// actor never does).
 #[derive(Clone)]
-pub struct HubHandle(Addr<Hub>);
+pub struct HubHandle {
+    /// The hub actor.
+    addr: Addr<Hub>,
+    /// The cluster, when `[cluster]` is set.
+    cluster: Option<ClusterHandle>,
+}
+
+/// A listing with what it covers.
+pub struct Listing<T> {
+    /// The entries.
+    pub items: Vec<T>,
+    /// In a cluster: which nodes answered (a node that did not answer in time makes it
+    /// partial).
+    pub cluster: Option<Coverage>,
+}
+
+/// What a publish handler hands back: the local delivery, and the cluster's answer to come.
+struct Fanned {
+    /// The local delivery.
+    delivery: Delivery,
+    /// The cluster's answer, when there is a cluster.
+    remote: Option<oneshot::Receiver<ClusterReach>>,
+}
+
+impl Fanned {
+    /// The delivery with the cluster's answer in it.
+    async fn settle(self) -> Delivery {
+        let mut delivery = self.delivery;
+        if let Some(remote) = self.remote {
+            delivery.cluster = Some(remote.await.unwrap_or(ClusterReach {
+                published: false,
+                other_nodes: 0,
+            }));
+        }
+        delivery
+    }
+}
+
+/// A local send or close, and when this node does not hold the connection, the same through
+/// the cluster on the node that does.
+async fn elsewhere<F: Future<Output = Result<Result<(), Undelivered>, RemoteError>>>(
+    local: impl Future<Output = Result<Result<(), Undelivered>, HubUnavailable>>,
+    cluster: Option<ClusterHandle>,
+    remote: impl FnOnce(ClusterHandle) -> F,
+) -> Result<Result<(), Undelivered>, HubUnavailable> {
+    match (local.await?, cluster) {
+        (Err(Undelivered::UnknownConnection), Some(cluster)) => {
+            Ok(remote(cluster).await.unwrap_or_else(|e| Err(e.into())))
+        }
+        (result, _) => Ok(result),
+    }
+}
+
+/// The local answer, and in a cluster every other node's answer merged into it by `merge`,
+/// with what the result covers.
+async fn everywhere<T>(
+    local: impl Future<Output = Result<T, HubUnavailable>>,
+    cluster: Option<ClusterHandle>,
+    question: Question,
+    merge: impl FnOnce(&ClusterHandle, T, &Surveyed) -> T,
+) -> Result<(T, Option<Coverage>), HubUnavailable> {
+    let Some(cluster) = cluster else {
+        return Ok((local.await?, None));
+    };
+    let (local, surveyed) = futures_util::future::join(local, cluster.survey(question)).await;
+    Ok((merge(&cluster, local?, &surveyed), Some(surveyed.coverage)))
+}
 
 /// Turn the actor's reply into the handle's result.
 async fn answer<T>(
@@ -86,32 +159,73 @@ async fn answer<T>(
 }
 
 impl HubHandle {
-    /// Start the hub (once per process, before the servers) on the current arbiter.
-    pub fn start(limits: SubscriptionLimits) -> Self {
-        Self(Hub::new(limits).start())
+    /// Start the hub (once per process, before the servers) on the current arbiter; with a
+    /// cluster, the hub tells it about channel interest and publications.
+    pub fn start(limits: SubscriptionLimits, cluster: Option<ClusterHandle>) -> Self {
+        Self {
+            addr: Hub::new(limits, cluster.clone()).start(),
+            cluster,
+        }
+    }
+
+    /// The same hub without the cluster: what the cluster itself uses to serve other nodes.
+    pub(crate) fn local(&self) -> Self {
+        Self {
+            addr: self.addr.clone(),
+            cluster: None,
+        }
+    }
+
+    /// The cluster, when this node is part of one.
+    pub fn cluster(&self) -> Option<&ClusterHandle> {
+        self.cluster.as_ref()
     }
 
     /// Register a connection. It is queued at once and handled even if the session ends
     /// first (a reply would be dropped with it, and the registration skipped); a refusal
     /// reaches the session as a close (1001 while shutting down, 1013 for a duplicate id).
     pub fn connect(&self, registration: Registration) -> Result<(), HubUnavailable> {
-        self.0
+        if let Some(cluster) = &self.cluster {
+            // Before the hub sees it, so a replaced session's end always comes after.
+            cluster.opened(
+                registration.id.clone(),
+                registration.serial,
+                registration.replace,
+            );
+        }
+        self.addr
             .try_send(Connect(registration))
             .map_err(|_| HubUnavailable)
     }
 
-    /// The connection ended (idempotent; a stale serial is ignored).
-    pub fn disconnect(&self, id: ConnectionId, serial: u64) {
-        self.0.do_send(Disconnect { id, serial });
+    /// The connection ended (idempotent; a stale serial is ignored). In a cluster the answer
+    /// comes once Redis forgot it: its disconnect notice waits for that, so a node that
+    /// reaps this one later cannot send it a second time.
+    pub fn disconnect(&self, id: ConnectionId, serial: u64) -> Option<oneshot::Receiver<()>> {
+        let forgotten = self
+            .cluster
+            .as_ref()
+            .map(|cluster| cluster.closed(id.clone(), serial));
+        self.addr.do_send(Disconnect { id, serial });
+        forgotten
     }
 
-    /// Apply channel operations in order for one connection.
+    /// Apply channel operations in order for one connection. In a cluster, subscriptions are
+    /// answered once the node is subscribed in Redis too, so a publish on another node that
+    /// follows the answer reaches the connection.
     pub fn apply(
         &self,
         id: ConnectionId,
         ops: Vec<ChannelOp>,
     ) -> impl Future<Output = Result<Vec<OpOutcome>, HubUnavailable>> + 'static {
-        answer(self.0.send(Apply { id, ops }))
+        let request = answer(self.addr.send(Apply { id, ops }));
+        async move {
+            let (outcomes, barrier) = request.await?;
+            if let Some(barrier) = barrier {
+                let _ = barrier.await;
+            }
+            Ok(outcomes)
+        }
     }
 
     /// Publish to a channel from one of its connections: refused unless it is a member when
@@ -130,56 +244,162 @@ impl HubHandle {
             exclude_sender,
             require_subscribed,
         };
-        answer(self.0.send(PublishFrom { id, op }))
+        let request = answer(self.addr.send(PublishFrom { id, op }));
+        async move {
+            let (outcome, remote) = request.await?;
+            Ok(match outcome {
+                OpOutcome::Published(delivery) => {
+                    OpOutcome::Published(Fanned { delivery, remote }.settle().await)
+                }
+                other => other,
+            })
+        }
     }
 
-    /// Publish to a channel (from a backend).
+    /// Publish to a channel (from a backend); in a cluster, to every node.
     pub fn publish(
         &self,
         channel: ChannelName,
         data: serde_json::Value,
     ) -> impl Future<Output = Result<Delivery, HubUnavailable>> + 'static {
-        answer(self.0.send(Publish { channel, data }))
+        let request = answer(self.addr.send(Publish { channel, data }));
+        async move { Ok(request.await?.settle().await) }
     }
 
-    /// Send to every connection.
+    /// Send to every connection (of every node, in a cluster).
     pub fn broadcast(
         &self,
         data: serde_json::Value,
     ) -> impl Future<Output = Result<Delivery, HubUnavailable>> + 'static {
-        answer(self.0.send(Broadcast { data }))
+        let request = answer(self.addr.send(Broadcast { data }));
+        async move { Ok(request.await?.settle().await) }
     }
 
-    /// Send a frame to one connection.
+    /// Send a frame to one connection, on whichever node holds it.
     pub fn send_to(
         &self,
         id: ConnectionId,
         frame: Frame,
     ) -> impl Future<Output = Result<Result<(), Undelivered>, HubUnavailable>> + 'static {
-        answer(self.0.send(SendTo { id, frame }))
+        let request = answer(self.addr.send(SendTo {
+            id: id.clone(),
+            frame: frame.clone(),
+        }));
+        elsewhere(request, self.cluster.clone(), move |cluster| async move {
+            cluster.send_to(id, frame).await
+        })
     }
 
-    /// Close one connection with this code and reason.
+    /// Close one connection with this code and reason, on whichever node holds it.
     pub fn close(
         &self,
         id: ConnectionId,
         close: Close,
     ) -> impl Future<Output = Result<Result<(), Undelivered>, HubUnavailable>> + 'static {
-        answer(self.0.send(CloseConnection { id, close }))
+        let request = answer(self.addr.send(CloseConnection {
+            id: id.clone(),
+            close: close.clone(),
+        }));
+        elsewhere(request, self.cluster.clone(), move |cluster| async move {
+            cluster.close(id, close).await
+        })
+    }
+
+    /// Every connection of the cluster (of this node without one), sorted by id.
+    pub fn connections_everywhere(
+        &self,
+    ) -> impl Future<Output = Result<Listing<ConnectionInfo>, HubUnavailable>> + 'static {
+        let listed = everywhere(
+            self.connections(),
+            self.cluster.clone(),
+            Question::Connections,
+            |cluster, local, surveyed| cluster.merge_connections(local, surveyed),
+        );
+        async move {
+            let (items, cluster) = listed.await?;
+            Ok(Listing { items, cluster })
+        }
+    }
+
+    /// Every channel of the cluster with its members summed over the nodes, sorted by name.
+    pub fn channels_everywhere(
+        &self,
+    ) -> impl Future<Output = Result<Listing<ChannelInfo>, HubUnavailable>> + 'static {
+        let listed = everywhere(
+            self.channels(),
+            self.cluster.clone(),
+            Question::Channels,
+            |cluster, local, surveyed| cluster.merge_channels(local, surveyed),
+        );
+        async move {
+            let (items, cluster) = listed.await?;
+            Ok(Listing { items, cluster })
+        }
+    }
+
+    /// Members of `channel` (or connections in any channel) summed over the cluster.
+    pub fn count_subscribers_everywhere(
+        &self,
+        channel: Option<ChannelName>,
+    ) -> impl Future<Output = Result<(usize, Option<Coverage>), HubUnavailable>> + 'static {
+        let question = Question::Subscribers {
+            channel: channel.as_ref().map(|c| c.to_string()),
+        };
+        everywhere(
+            self.count_subscribers(channel),
+            self.cluster.clone(),
+            question,
+            |_, local, surveyed| {
+                let remote: u64 = surveyed
+                    .answers
+                    .iter()
+                    .filter_map(|(_, a)| a.as_u64())
+                    .sum();
+                local + remote as usize
+            },
+        )
+    }
+
+    /// Presence: the ids of the members of `channel` on every node, sorted.
+    pub fn presence(
+        &self,
+        channel: ChannelName,
+    ) -> impl Future<Output = Result<Listing<ConnectionId>, HubUnavailable>> + 'static {
+        let question = Question::Presence {
+            channel: channel.to_string(),
+        };
+        let listed = everywhere(
+            answer(self.addr.send(ChannelMembers { channel })),
+            self.cluster.clone(),
+            question,
+            |_, mut local, surveyed| {
+                for (_, answer) in &surveyed.answers {
+                    if let Ok(ids) = serde_json::from_value::<Vec<ConnectionId>>(answer.clone()) {
+                        local.extend(ids);
+                    }
+                }
+                local.sort();
+                local
+            },
+        );
+        async move {
+            let (items, cluster) = listed.await?;
+            Ok(Listing { items, cluster })
+        }
     }
 
     /// Every connection, sorted by id.
     pub fn connections(
         &self,
     ) -> impl Future<Output = Result<Vec<ConnectionInfo>, HubUnavailable>> + 'static {
-        answer(self.0.send(ListConnections))
+        answer(self.addr.send(ListConnections))
     }
 
     /// Every channel with its member count, sorted by name.
     pub fn channels(
         &self,
     ) -> impl Future<Output = Result<Vec<ChannelInfo>, HubUnavailable>> + 'static {
-        answer(self.0.send(ListChannels))
+        answer(self.addr.send(ListChannels))
     }
 
     /// Members of `channel`, or with `None` the connections in at least one channel.
@@ -187,12 +407,12 @@ impl HubHandle {
         &self,
         channel: Option<ChannelName>,
     ) -> impl Future<Output = Result<usize, HubUnavailable>> + 'static {
-        answer(self.0.send(CountSubscribers { channel }))
+        answer(self.addr.send(CountSubscribers { channel }))
     }
 
     /// The counters.
     pub fn stats(&self) -> impl Future<Output = Result<HubStats, HubUnavailable>> + 'static {
-        answer(self.0.send(Stats))
+        answer(self.addr.send(Stats))
     }
 
     /// Refuse new connections, ask every session to close with `close`; the receiver fires
@@ -201,7 +421,7 @@ impl HubHandle {
         &self,
         close: Close,
     ) -> impl Future<Output = Result<oneshot::Receiver<()>, HubUnavailable>> + 'static {
-        answer(self.0.send(Shutdown { close }))
+        answer(self.addr.send(Shutdown { close }))
     }
 }
 
@@ -217,30 +437,57 @@ struct Disconnect {
 }
 
 #[derive(Message)]
-#[rtype(result = "Vec<OpOutcome>")]
+#[rtype(result = "(Vec<OpOutcome>, Option<oneshot::Receiver<()>>)")]
 struct Apply {
     id: ConnectionId,
     ops: Vec<ChannelOp>,
 }
 
 #[derive(Message)]
-#[rtype(result = "OpOutcome")]
+#[rtype(result = "(OpOutcome, Option<oneshot::Receiver<ClusterReach>>)")]
 struct PublishFrom {
     id: ConnectionId,
     op: ChannelOp,
 }
 
 #[derive(Message)]
-#[rtype(result = "Delivery")]
+#[rtype(result = "Fanned")]
 struct Publish {
     channel: ChannelName,
     data: serde_json::Value,
 }
 
 #[derive(Message)]
-#[rtype(result = "Delivery")]
+#[rtype(result = "Fanned")]
 struct Broadcast {
     data: serde_json::Value,
+}
+
+/// A publication (or, without a channel, a broadcast) from another node: delivered here only.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RemotePublish {
+    channel: Option<ChannelName>,
+    data: serde_json::Value,
+}
+
+/// A newer connection with this id registered on another node.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ReplaceRemote {
+    id: ConnectionId,
+    serial: u64,
+}
+
+/// This node lost its cluster lease: close every connection without a notice.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Fence;
+
+#[derive(Message)]
+#[rtype(result = "Vec<ConnectionId>")]
+struct ChannelMembers {
+    channel: ChannelName,
 }
 
 #[derive(Message)]
@@ -325,6 +572,8 @@ impl Link {
 /// The hub actor: the registry, delivery, and shutdown.
 struct Hub {
     registry: Registry<Link>,
+    /// The cluster: told about channel interest and every publication made here.
+    cluster: Option<ClusterHandle>,
     /// Set once shutdown began: new connections are refused.
     shutting_down: bool,
     /// Who waits for the registry to become empty.
@@ -344,9 +593,10 @@ impl Actor for Hub {
 }
 
 impl Hub {
-    fn new(limits: SubscriptionLimits) -> Self {
+    fn new(limits: SubscriptionLimits, cluster: Option<ClusterHandle>) -> Self {
         Self {
             registry: Registry::new(limits),
+            cluster,
             shutting_down: false,
             empty_waiters: Vec::new(),
             deliveries_dropped: 0,
@@ -427,22 +677,37 @@ impl Hub {
         }
     }
 
-    /// Interest changes are the seam for a cluster; a single node has nobody to tell.
+    /// Interest changes go to the cluster (which subscribes in Redis); a single node has
+    /// nobody to tell.
     fn settle(&mut self) {
-        for change in self.registry.take_interest() {
-            log::trace!("channel interest: {change:?}");
+        let changes = self.registry.take_interest();
+        match &self.cluster {
+            Some(cluster) => cluster.interest(changes),
+            None => {
+                for change in changes {
+                    log::trace!("channel interest: {change:?}");
+                }
+            }
         }
     }
 
-    /// Apply one operation for a connection; a publish it may make is delivered here.
-    fn apply(&mut self, id: &ConnectionId, op: ChannelOp) -> OpOutcome {
+    /// Apply one operation for a connection; a publish it may make is delivered here (and
+    /// handed to the cluster, whose answer comes back with it).
+    fn apply(
+        &mut self,
+        id: &ConnectionId,
+        op: ChannelOp,
+    ) -> (OpOutcome, Option<oneshot::Receiver<ClusterReach>>) {
         match self.registry.apply(id, op) {
-            Applied::Outcome(outcome) => outcome,
+            Applied::Outcome(outcome) => (outcome, None),
             Applied::Publish {
                 targets,
                 channel,
                 data,
-            } => OpOutcome::Published(self.publish(&targets, channel, data)),
+            } => {
+                let fanned = self.publish(&targets, channel, data);
+                (OpOutcome::Published(fanned.delivery), fanned.remote)
+            }
         }
     }
 
@@ -451,9 +716,16 @@ impl Hub {
         targets: &[ConnectionId],
         channel: ChannelName,
         data: serde_json::Value,
-    ) -> Delivery {
+    ) -> Fanned {
+        let remote = self
+            .cluster
+            .as_ref()
+            .map(|cluster| cluster.publish(Some(channel.clone()), data.clone()));
         let publication = Publication::new(Some(channel), data, PublicationKind::Message);
-        self.fan_out(targets, publication)
+        Fanned {
+            delivery: self.fan_out(targets, publication),
+            remote,
+        }
     }
 }
 
@@ -509,13 +781,23 @@ impl Handler<Apply> for Hub {
     type Result = MessageResult<Apply>;
 
     fn handle(&mut self, msg: Apply, _: &mut Context<Self>) -> Self::Result {
+        let subscribes = msg.ops.iter().any(|op| {
+            matches!(
+                op,
+                ChannelOp::Subscribe(_) | ChannelOp::SubscribePrefix(_) | ChannelOp::Replace(_)
+            )
+        });
         let outcomes = msg
             .ops
             .into_iter()
-            .map(|op| self.apply(&msg.id, op))
+            .map(|op| self.apply(&msg.id, op).0)
             .collect();
         self.settle();
-        MessageResult(outcomes)
+        let barrier = match &self.cluster {
+            Some(cluster) if subscribes => Some(cluster.barrier()),
+            _ => None,
+        };
+        MessageResult((outcomes, barrier))
     }
 }
 
@@ -529,14 +811,66 @@ impl Handler<PublishFrom> for Hub {
     }
 }
 
+impl Handler<RemotePublish> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemotePublish, _: &mut Context<Self>) {
+        let (targets, publication) = match msg.channel {
+            Some(channel) => (
+                self.registry.targets(&channel, None),
+                Publication::new(Some(channel), msg.data, PublicationKind::Message),
+            ),
+            None => (
+                self.registry.members().map(|(id, _)| id.clone()).collect(),
+                Publication::new(None, msg.data, PublicationKind::Broadcast),
+            ),
+        };
+        self.fan_out(&targets, publication);
+        self.settle();
+    }
+}
+
+impl Handler<ReplaceRemote> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReplaceRemote, _: &mut Context<Self>) {
+        if self.registry.get(&msg.id).map(|m| m.serial) != Some(msg.serial) {
+            return;
+        }
+        if let Some(old) = self.remove(&msg.id) {
+            old.link.recipient.do_send(Deliver(Outbound::Replaced));
+        }
+        self.settle();
+    }
+}
+
+impl Handler<Fence> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, _: Fence, _: &mut Context<Self>) {
+        for (_, member) in self.registry.members() {
+            // Like shutdown: the one close every session must see, beyond its backlog.
+            member.link.recipient.do_send(Deliver(Outbound::Fenced));
+        }
+    }
+}
+
+impl Handler<ChannelMembers> for Hub {
+    type Result = MessageResult<ChannelMembers>;
+
+    fn handle(&mut self, msg: ChannelMembers, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.registry.members_of(&msg.channel))
+    }
+}
+
 impl Handler<Publish> for Hub {
     type Result = MessageResult<Publish>;
 
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) -> Self::Result {
         let targets = self.registry.targets(&msg.channel, None);
-        let delivery = self.publish(&targets, msg.channel, msg.data);
+        let fanned = self.publish(&targets, msg.channel, msg.data);
         self.settle();
-        MessageResult(delivery)
+        MessageResult(fanned)
     }
 }
 
@@ -546,10 +880,14 @@ impl Handler<Broadcast> for Hub {
     fn handle(&mut self, msg: Broadcast, _: &mut Context<Self>) -> Self::Result {
         let targets: Vec<ConnectionId> =
             self.registry.members().map(|(id, _)| id.clone()).collect();
+        let remote = self
+            .cluster
+            .as_ref()
+            .map(|cluster| cluster.publish(None, msg.data.clone()));
         let publication = Publication::new(None, msg.data, PublicationKind::Broadcast);
         let delivery = self.fan_out(&targets, publication);
         self.settle();
-        MessageResult(delivery)
+        MessageResult(Fanned { delivery, remote })
     }
 }
 
@@ -643,6 +981,67 @@ impl Handler<Shutdown> for Hub {
     }
 }
 
+/// The cluster's way into this hub (the handle without a cluster: what comes from other
+/// nodes is delivered and served here only).
+impl LocalHub for HubHandle {
+    fn deliver(&self, channel: Option<ChannelName>, data: serde_json::Value) -> bool {
+        self.addr.try_send(RemotePublish { channel, data }).is_ok()
+    }
+
+    fn send_to(
+        &self,
+        id: ConnectionId,
+        frame: Frame,
+    ) -> LocalBoxFuture<'static, Option<Result<(), Undelivered>>> {
+        let request = self.addr.send(SendTo { id, frame });
+        Box::pin(async move { request.await.ok() })
+    }
+
+    fn close(
+        &self,
+        id: ConnectionId,
+        close: Close,
+    ) -> LocalBoxFuture<'static, Option<Result<(), Undelivered>>> {
+        let request = self.addr.send(CloseConnection { id, close });
+        Box::pin(async move { request.await.ok() })
+    }
+
+    fn replace(&self, id: ConnectionId, serial: u64) {
+        self.addr.do_send(ReplaceRemote { id, serial });
+    }
+
+    fn fence(&self) {
+        self.addr.do_send(Fence);
+    }
+
+    fn answer(&self, question: Question) -> LocalBoxFuture<'static, Option<serde_json::Value>> {
+        let hub = self.local();
+        Box::pin(async move {
+            let value = match question {
+                Question::Connections => serde_json::to_value(hub.connections().await.ok()?),
+                Question::Channels => serde_json::to_value(hub.channels().await.ok()?),
+                Question::Subscribers { channel } => {
+                    let channel = match channel {
+                        Some(name) => Some(ChannelName::parse(&name).ok()?),
+                        None => None,
+                    };
+                    serde_json::to_value(hub.count_subscribers(channel).await.ok()?)
+                }
+                Question::Presence { channel } => {
+                    let channel = ChannelName::parse(&channel).ok()?;
+                    serde_json::to_value(hub.addr.send(ChannelMembers { channel }).await.ok()?)
+                }
+            };
+            value.ok()
+        })
+    }
+
+    fn figures(&self) -> LocalBoxFuture<'static, Option<(usize, usize)>> {
+        let stats = self.stats();
+        Box::pin(async move { stats.await.ok().map(|s| (s.connections, s.channels)) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -672,7 +1071,7 @@ mod tests {
 
     #[actix_web::test]
     async fn a_full_backlog_drops_the_delivery_and_cuts_the_connection_off() {
-        let hub = HubHandle::start(ROOMY);
+        let hub = HubHandle::start(ROOMY, None);
         let count = std::rc::Rc::new(std::cell::Cell::new(0));
         let backlog = Arc::new(Backlog::new(2, 1 << 20));
         let id = ConnectionId::parse("slow").unwrap();

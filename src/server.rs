@@ -9,14 +9,16 @@ use std::sync::Arc;
 use std::rc::Rc;
 use std::time::Duration;
 
+use actix::Actor;
 use actix_http::HttpService;
 use actix_service::{fn_factory, fn_service, map_config};
 use actix_web::dev::{AppConfig, ResourceDef};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context as _;
 
-use crate::backend::http::PendingNotices;
+use crate::backend::http::{HttpBackend, PendingNotices};
 use crate::backend::Backend;
+use crate::cluster::ClusterHandle;
 use crate::config::{BackendKind, Config};
 use crate::frame::{close_code, Close};
 use crate::hook::authorize::Authorizer;
@@ -143,8 +145,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    // In a cluster, a survivor owes the disconnect notices of a dead node's connections only
+    // when this backend announces ends at all.
+    let announces = config.backend.kind == BackendKind::Http
+        && crate::backend::format_for(&config.backend).announces_disconnects();
+    let cluster = ClusterHandle::new(&config.cluster, announces);
     // One hub for the whole process, started before the servers; workers get its address.
-    let hub = HubHandle::start(config.limits.subscriptions());
+    let hub = HubHandle::start(
+        config.limits.subscriptions(),
+        cluster.as_ref().map(|(handle, _)| handle.clone()),
+    );
     let hub_data = web::Data::new(hub.clone());
     // Every session holds a guard, cut-off and replaced ones included: shutdown waits for all
     // of them.
@@ -183,6 +193,17 @@ pub async fn run(
     };
     let shared = config.shares_listener();
     let notices = PendingNotices::default();
+    if let Some((_, starter)) = cluster {
+        // The notices of dead nodes' connections go through a backend actor of their own,
+        // on this thread, with the same retries and the same pending count as every notice.
+        let orphans = announces.then(|| {
+            let format = crate::backend::format_for(&config.backend);
+            HttpBackend::new(&config.backend, format, notices.clone())
+                .start()
+                .recipient()
+        });
+        starter.start(Box::new(hub.local()), orphans);
+    }
     let relay_format = (config.backend.kind == BackendKind::Http).then_some(config.backend.format);
     let shutdown_timeout = config.shutdown_timeout().as_secs().max(1);
 

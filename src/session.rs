@@ -369,7 +369,7 @@ impl Actor for Session {
     fn stopped(&mut self, _: &mut Self::Context) {
         let (messages, bytes) = self.outbox.clear();
         self.backlog.release(messages, bytes);
-        self.route.hub.disconnect(self.id.clone(), self.serial);
+        let forgotten = self.route.hub.disconnect(self.id.clone(), self.serial);
         if let Backend::Http { addr, notices, .. } = &self.backend {
             // Exactly once per session: `stopped` runs once, whatever ended the connection.
             // A connection replaced by a newer one with its id sends none: the id lives on.
@@ -381,6 +381,7 @@ impl Actor for Session {
                 key: self.serial,
                 reason: self.close_reason.clone().unwrap_or_else(|| "EOF".into()),
                 notify,
+                forgotten,
             });
         }
         // Dropping the guard tells shutdown this session is over.
@@ -839,6 +840,17 @@ impl Handler<Deliver> for Session {
                     Close::new(
                         close_code::POLICY_VIOLATION,
                         "outbound queue full: client is not reading",
+                    ),
+                );
+            }
+            Outbound::Fenced => {
+                // This node lost its cluster lease: the node that reaps it sends the notice.
+                self.replaced = true;
+                self.close(
+                    ctx,
+                    Close::new(
+                        close_code::SERVICE_RESTART,
+                        "this node lost its cluster; reconnect",
                     ),
                 );
             }

@@ -5,6 +5,7 @@
 
 mod browser;
 mod cli;
+mod cluster;
 mod config;
 mod dialects;
 mod docs;
