@@ -1245,7 +1245,7 @@ impl Node {
                 let alive = self.tell(&previous, &Control::Probe).await.unwrap_or(0) > 0;
                 if alive {
                     log::error!("cluster: another running process uses cluster.node = {node:?} (run {previous}); every node needs a name of its own. Exiting.");
-                    std::process::exit(2);
+                    std::process::exit(3);
                 }
                 self.own_dead.borrow_mut().push(previous);
             }

@@ -666,6 +666,54 @@ async fn a_killed_nodes_connections_get_exactly_one_notice_each_from_a_survivor(
 
 #[actix_web::test]
 #[cfg_attr(missing_redis_server, ignore = "redis-server is not installed")]
+async fn a_node_restarted_under_its_name_sends_its_previous_runs_notices_at_once() {
+    let redis = Redis::start();
+    let backend = MockBackend::start();
+    let prefix = prefix();
+    // A lease far longer than the test: only the restart can explain the notices.
+    let config = format!(
+        "{}{}",
+        socketdock_config(&backend),
+        cluster_section(redis.addr(), "phoenix", &prefix)
+            .replace("lease_ms = 3200", "lease_ms = 60000")
+    );
+    let mut first = start(&config);
+    wait_for_cluster(&[&first], 1).await;
+    // A second live process under the same name is refused.
+    let (code, log) = run_to_exit(
+        &config,
+        &["--listen", "127.0.0.1:0", "--push-listen", "127.0.0.2:0"],
+    );
+    assert_eq!(code, Some(3), "{log}");
+    assert!(
+        log.contains("another running process uses cluster.node"),
+        "{log}"
+    );
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(connect(&first.ws_url("/ws")).await);
+    }
+    let ids = wait_for_connections(&first, 5).await;
+    assert!(Command::new("kill")
+        .args(["-KILL", &first.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    first.wait_exit();
+    let second = start(&config);
+    backend
+        .wait_for("5 notices from the restarted node", |r| {
+            r.iter().filter(|r| r.path == "/sd/disconnect").count() >= 5
+        })
+        .await;
+    let mut got: Vec<String> = notices(&backend).into_iter().map(|(id, _, _)| id).collect();
+    got.sort();
+    assert_eq!(got, ids);
+    assert_eq!(second.log().matches("dead run").count(), 5);
+}
+
+#[actix_web::test]
+#[cfg_attr(missing_redis_server, ignore = "redis-server is not installed")]
 async fn a_node_cut_off_past_its_lease_closes_its_sockets_before_any_survivor_notices() {
     let redis = Redis::start();
     let proxy = Proxy::start(redis.addr()).await;
