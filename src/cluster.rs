@@ -250,6 +250,9 @@ enum Command {
         /// The owner's outcome.
         reply: oneshot::Sender<Result<Result<(), Undelivered>, RemoteError>>,
     },
+    /// This node is shutting down: drop its heartbeat and lease, so listings stop waiting
+    /// for it and its (empty) run is cleaned up at once.
+    Leave(oneshot::Sender<()>),
     /// Ask every other node.
     Survey {
         /// The question.
@@ -460,6 +463,14 @@ impl ClusterHandle {
             reply: tx,
         });
         rx.await.unwrap_or(Err(RemoteError::Disconnected))
+    }
+
+    /// Leave the cluster at shutdown, after every connection ended (bounded by the request
+    /// timeout).
+    pub async fn leave(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Leave(tx));
+        let _ = tokio::time::timeout(self.0.settings.timeout * 2, rx).await;
     }
 
     /// Ask every other node.

@@ -325,6 +325,9 @@ pub async fn run(
     // Stop accepting first, so no new socket arrives while the old ones are being closed.
     ws_handle.pause().await;
     drain(&hub, &config, &notices, &mut sessions_done).await;
+    if let Some(cluster) = hub.cluster() {
+        cluster.leave().await;
+    }
     ws_handle.stop(false).await;
     if ws_ended.is_none() {
         let _ = ws_task.await;

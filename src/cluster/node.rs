@@ -328,6 +328,10 @@ impl Node {
                 Command::Remote { id, action, reply } => {
                     tokio::task::spawn_local(self.clone().remote(id, action, reply));
                 }
+                Command::Leave(done) => {
+                    self.leave().await;
+                    let _ = done.send(());
+                }
                 Command::Survey { question, reply } => {
                     tokio::task::spawn_local(self.clone().survey(question, reply));
                 }
@@ -1130,6 +1134,28 @@ impl Node {
     }
 
     // ---- lease ----
+
+    async fn leave(&self) {
+        let Some(run) = self.run_id() else {
+            return;
+        };
+        let keys = self.keys();
+        let mut pipe = redis::pipe();
+        pipe.cmd("HDEL")
+            .arg(keys.nodes())
+            .arg(&run)
+            .ignore()
+            .cmd("DEL")
+            .arg(keys.lease(&run))
+            .ignore();
+        let mut conn = self.conn();
+        match self.timed(pipe.query_async::<()>(&mut conn)).await {
+            Ok(()) => log::info!("cluster: run {run} left the cluster"),
+            Err(e) => {
+                log::warn!("cluster: could not leave the cluster ({e}); its lease expires instead")
+            }
+        }
+    }
 
     fn beat(&self, figures: Option<(usize, usize)>) -> String {
         let (connections, channels) = figures.unwrap_or_default();

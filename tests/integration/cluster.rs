@@ -577,6 +577,21 @@ async fn listings_and_counts_cover_the_cluster_and_say_when_partial() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // The operator CLI against any node sees the whole cluster.
+    let url = format!("http://{}", hubs[1].push);
+    let cli = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["--push-url", &url, "connections"])
+        .env_remove("SWITCHBOARD_PUSH_URL")
+        .env_remove("SWITCHBOARD_TOKEN")
+        .output()
+        .unwrap();
+    let listed: Value = serde_json::from_slice(&cli.stdout).expect("the CLI prints JSON");
+    assert_eq!(
+        listed["connections"].as_array().unwrap().len(),
+        6,
+        "{listed}"
+    );
+
     // A node that cannot answer (paused) makes the listing partial, naming it.
     let pid = hubs[2].pid().to_string();
     assert!(Command::new("kill")
@@ -589,7 +604,12 @@ async fn listings_and_counts_cover_the_cluster_and_say_when_partial() {
     assert_eq!(listed["cluster"]["partial"], true, "{listed}");
     assert_eq!(listed["cluster"]["missing"], json!(["n2"]));
     assert_eq!(listed["connections"].as_array().unwrap().len(), 3);
-    hubs[2].terminate();
+    // A node that shuts down leaves the cluster: listings are whole again at once.
+    assert!(hubs[2].terminate().success());
+    let listed = get(&hubs[0], "/api/connections").await.json;
+    assert_eq!(listed["cluster"]["partial"], false, "{listed}");
+    assert_eq!(listed["cluster"]["nodes"], 2);
+    assert_eq!(listed["connections"].as_array().unwrap().len(), 3);
 }
 
 /// The SocketDock disconnect notices received, by connection id.
