@@ -135,6 +135,12 @@ struct Node {
     healthy_since: Cell<Option<Instant>>,
     /// The run whose control channel the current subscription connection reads.
     control: RefCell<Option<String>>,
+    /// Redis answered the last command (the lease and subscription loops keep asking while
+    /// it does not; everything else fails at once meanwhile instead of queueing behind
+    /// timeouts).
+    reachable: Cell<bool>,
+    /// A local connection could not be written to Redis: write them all at the next renewal.
+    needs_resync: Cell<bool>,
 }
 
 /// Run the cluster on this (new) thread until the process ends.
@@ -191,6 +197,8 @@ pub(super) fn run(
             last_probe: Cell::new(Instant::now()),
             healthy_since: Cell::new(None),
             control: RefCell::new(None),
+            reachable: Cell::new(true),
+            needs_resync: Cell::new(false),
         });
         let (push_tx, push_rx) = mpsc::channel(READER_QUEUE);
         tokio::task::spawn_local(node.clone().lease_loop());
@@ -260,10 +268,28 @@ impl Node {
         future: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, String> {
         match tokio::time::timeout(self.settings().timeout, future).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("Redis did not answer in time".into()),
+            Ok(Ok(value)) => {
+                self.reachable.set(true);
+                Ok(value)
+            }
+            Ok(Err(e)) => {
+                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                    self.reachable.set(false);
+                }
+                Err(e.to_string())
+            }
+            Err(_) => {
+                self.reachable.set(false);
+                Err("Redis did not answer in time".into())
+            }
         }
+    }
+
+    /// The current run, when Redis is reachable and a lease is held: what every command
+    /// other than the lease's and the subscription's needs, so that none of them waits out a
+    /// timeout while Redis is known to be away.
+    fn usable_run(&self) -> Option<String> {
+        self.reachable.get().then(|| self.run_id()).flatten()
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -317,8 +343,9 @@ impl Node {
                     self.local
                         .borrow_mut()
                         .insert(id.clone(), Local { serial, replace });
-                    if let Some(run) = self.run_id() {
-                        self.register(&run, id, Local { serial, replace }).await;
+                    match self.usable_run() {
+                        Some(run) => self.register(&run, id, Local { serial, replace }).await,
+                        None => self.needs_resync.set(true),
                     }
                 }
                 Command::Closed { id, serial, done } => {
@@ -369,8 +396,8 @@ impl Node {
         batch: Vec<(Option<ChannelName>, Value, oneshot::Sender<ClusterReach>)>,
     ) {
         let n = batch.len();
-        let result = match self.run_id() {
-            None => Err("this node holds no lease (Redis unreachable)".to_owned()),
+        let result = match self.usable_run() {
+            None => Err("Redis is unreachable or this node holds no lease".to_owned()),
             Some(run) => {
                 let mut pipe = redis::pipe();
                 for (channel, data, _) in &batch {
@@ -551,6 +578,7 @@ impl Node {
             Ok((previous,)) => previous,
             Err(e) => {
                 log::warn!("id={id} cluster: not entered in the directory yet ({e}); entered when Redis is back");
+                self.needs_resync.set(true);
                 return;
             }
         };
@@ -603,6 +631,10 @@ impl Node {
             // reaped as a whole, its notice included.
             return;
         };
+        if !self.reachable.get() {
+            self.forgets.borrow_mut().push((id, serial, run));
+            return;
+        }
         if let Err(e) = self.forget(&id, serial, &run).await {
             log::debug!("id={id} cluster: not removed from Redis yet ({e})");
             self.forgets.borrow_mut().push((id, serial, run));
@@ -660,7 +692,7 @@ impl Node {
         id: ConnectionId,
         action: RemoteAction,
     ) -> Result<Result<(), Undelivered>, RemoteError> {
-        let Some(me) = self.run_id() else {
+        let Some(me) = self.usable_run() else {
             return Err(RemoteError::Disconnected);
         };
         let mut conn = self.conn();
@@ -781,7 +813,7 @@ impl Node {
                 error: Some(error),
             },
         };
-        let Some(me) = self.run_id() else {
+        let Some(me) = self.usable_run() else {
             let _ = reply.send(unreachable(
                 "the cluster is unreachable: this node's answer only",
             ));
@@ -1204,8 +1236,11 @@ impl Node {
                     match self.timed(invocation.invoke_async::<i64>(&mut conn)).await {
                         Ok(1) => {
                             last_ok = Some(sent);
-                            if self.healthy_since.get().is_none() {
+                            let back = self.healthy_since.get().is_none();
+                            if back {
                                 self.healthy_since.set(Some(sent));
+                            }
+                            if back || self.needs_resync.take() {
                                 self.resync(&run.id).await;
                             }
                         }
