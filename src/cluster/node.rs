@@ -45,7 +45,7 @@ use crate::registry::{Interest, Topic};
 
 /// Messages the subscription may hand to the router before it drops (and counts) the rest.
 const READER_QUEUE: usize = 16_384;
-/// Publications sent to Redis in one pipeline at most.
+/// Publications (or new connections) sent to Redis in one pipeline at most.
 const PUBLISH_BATCH: usize = 256;
 /// Publication ids remembered for de-duplication (a copy through a prefix arrives right
 /// after the copy through the channel).
@@ -340,11 +340,30 @@ impl Node {
                     serial,
                     replace,
                 } => {
-                    self.local
-                        .borrow_mut()
-                        .insert(id.clone(), Local { serial, replace });
+                    // A connect storm is entered in pipelines of up to PUBLISH_BATCH.
+                    let mut batch = vec![(id, Local { serial, replace })];
+                    while batch.len() < PUBLISH_BATCH {
+                        match commands.try_recv() {
+                            Ok(Command::Opened {
+                                id,
+                                serial,
+                                replace,
+                            }) => batch.push((id, Local { serial, replace })),
+                            Ok(other) => {
+                                stash = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    {
+                        let mut local = self.local.borrow_mut();
+                        for (id, entry) in &batch {
+                            local.insert(id.clone(), *entry);
+                        }
+                    }
                     match self.usable_run() {
-                        Some(run) => self.register(&run, id, Local { serial, replace }).await,
+                        Some(run) => self.register(&run, batch).await,
                         None => self.needs_resync.set(true),
                     }
                 }
@@ -553,38 +572,56 @@ impl Node {
 
     /// Enter a local connection in the directory (and, for announced ends, the live hash),
     /// and settle a duplicate id with whoever held it.
-    async fn register(&self, run: &str, id: ConnectionId, local: Local) {
+    /// Enter local connections in the directory (and, for announced ends, the live hash) in
+    /// one pipeline, and settle each duplicate id with whoever held it.
+    async fn register(&self, run: &str, batch: Vec<(ConnectionId, Local)>) {
         let keys = self.keys();
-        let value = format!("{run}:{}", local.serial);
-        let mut set = redis::cmd("SET");
-        set.arg(keys.connection(&id)).arg(&value);
-        if !local.replace {
-            set.arg("NX");
-        }
-        set.arg("GET");
         let kind = if self.settings().announces { 'n' } else { 'q' };
         let mut pipe = redis::pipe();
-        pipe.add_command(set)
-            .cmd("HSET")
-            .arg(keys.live(run))
-            .arg(id.to_string())
-            .arg(format!("{kind}:{}", local.serial))
-            .ignore();
+        for (id, local) in &batch {
+            let mut set = redis::cmd("SET");
+            set.arg(keys.connection(id))
+                .arg(format!("{run}:{}", local.serial));
+            if !local.replace {
+                set.arg("NX");
+            }
+            set.arg("GET");
+            pipe.add_command(set)
+                .cmd("HSET")
+                .arg(keys.live(run))
+                .arg(id.to_string())
+                .arg(format!("{kind}:{}", local.serial))
+                .ignore();
+        }
         let mut conn = self.conn();
-        let previous: Option<String> = match self
-            .timed(pipe.query_async::<(Option<String>,)>(&mut conn))
-            .await
-        {
-            Ok((previous,)) => previous,
+        let previous: Vec<Option<String>> = match self.timed(pipe.query_async(&mut conn)).await {
+            Ok(previous) => previous,
             Err(e) => {
-                log::warn!("id={id} cluster: not entered in the directory yet ({e}); entered when Redis is back");
+                log::warn!(
+                        "cluster: {} connection(s) not entered in the directory yet ({e}); entered when Redis is back",
+                        batch.len()
+                    );
                 self.needs_resync.set(true);
                 return;
             }
         };
-        let Some((owner_run, owner_serial)) = previous.as_deref().and_then(owner_of) else {
-            return;
-        };
+        for ((id, local), previous) in batch.into_iter().zip(previous) {
+            if let Some((owner_run, owner_serial)) = previous.as_deref().and_then(owner_of) {
+                self.settle_duplicate(run, id, local, owner_run, owner_serial)
+                    .await;
+            }
+        }
+    }
+
+    /// `id` was held by `owner_run`'s session `owner_serial` when this node entered it.
+    async fn settle_duplicate(
+        &self,
+        run: &str,
+        id: ConnectionId,
+        local: Local,
+        owner_run: &str,
+        owner_serial: u64,
+    ) {
         if tag_of(owner_run) == process_tag() {
             if !local.replace && owner_run != run {
                 // Our own earlier run left it: ours now.
@@ -592,8 +629,8 @@ impl Node {
                 let _ = self
                     .timed(
                         redis::cmd("SET")
-                            .arg(keys.connection(&id))
-                            .arg(&value)
+                            .arg(self.keys().connection(&id))
+                            .arg(format!("{run}:{}", local.serial))
                             .query_async::<()>(&mut conn),
                     )
                     .await;
@@ -1368,17 +1405,21 @@ impl Node {
             .iter()
             .map(|(id, local)| (id.clone(), *local))
             .collect();
-        for (id, entry) in local {
-            // Entered without replacing: an id another node took meanwhile is theirs.
-            self.register(
-                run,
-                id,
-                Local {
-                    replace: false,
-                    ..entry
-                },
-            )
-            .await;
+        // Entered without replacing: an id another node took meanwhile is theirs.
+        let local: Vec<(ConnectionId, Local)> = local
+            .into_iter()
+            .map(|(id, entry)| {
+                (
+                    id,
+                    Local {
+                        replace: false,
+                        ..entry
+                    },
+                )
+            })
+            .collect();
+        for chunk in local.chunks(PUBLISH_BATCH) {
+            self.register(run, chunk.to_vec()).await;
         }
     }
 
@@ -1488,4 +1529,21 @@ fn outcome_of(result: Option<Result<(), Undelivered>>) -> Value {
         Some(Err(_)) | None => Outcome::Unavailable,
     };
     serde_json::to_value(outcome).expect("outcome serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_and_directory_entries_are_read_back() {
+        assert_eq!(tag_of("0123abcd.2"), "0123abcd");
+        assert_eq!(owner_of("0123abcd.2:41"), Some(("0123abcd.2", 41)));
+        assert_eq!(owner_of("no-serial"), None);
+        assert_eq!(
+            outcome_of(Some(Err(Undelivered::QueueFull))),
+            serde_json::json!("queue_full")
+        );
+        assert_eq!(outcome_of(None), serde_json::json!("unavailable"));
+    }
 }
