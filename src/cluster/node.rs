@@ -368,8 +368,26 @@ impl Node {
                     }
                 }
                 Command::Closed { id, serial, done } => {
-                    self.on_closed(id, serial).await;
-                    let _ = done.send(());
+                    // A disconnect storm too goes in pipelines; each is answered after.
+                    let mut batch = vec![(id, serial)];
+                    let mut answers = vec![done];
+                    while batch.len() < PUBLISH_BATCH {
+                        match commands.try_recv() {
+                            Ok(Command::Closed { id, serial, done }) => {
+                                batch.push((id, serial));
+                                answers.push(done);
+                            }
+                            Ok(other) => {
+                                stash = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.on_closed(batch).await;
+                    for done in answers {
+                        let _ = done.send(());
+                    }
                 }
                 Command::Remote { id, action, reply } => {
                     tokio::task::spawn_local(self.clone().remote(id, action, reply));
@@ -656,41 +674,55 @@ impl Node {
         }
     }
 
-    async fn on_closed(&self, id: ConnectionId, serial: u64) {
+    async fn on_closed(&self, batch: Vec<(ConnectionId, u64)>) {
         {
             let mut local = self.local.borrow_mut();
-            if local.get(&id).is_some_and(|l| l.serial == serial) {
-                local.remove(&id);
+            for (id, serial) in &batch {
+                if local.get(id).is_some_and(|l| l.serial == *serial) {
+                    local.remove(id);
+                }
             }
         }
         let Some(run) = self.run_id() else {
-            // Closed while this node holds no lease (fenced): the run it belonged to is
-            // reaped as a whole, its notice included.
+            // Closed while this node holds no lease (fenced): the run they belonged to is
+            // reaped as a whole, their notices included.
             return;
         };
+        let batch: Vec<(ConnectionId, u64, String)> = batch
+            .into_iter()
+            .map(|(id, serial)| (id, serial, run.clone()))
+            .collect();
         if !self.reachable.get() {
-            self.forgets.borrow_mut().push((id, serial, run));
+            self.forgets.borrow_mut().extend(batch);
             return;
         }
-        if let Err(e) = self.forget(&id, serial, &run).await {
-            log::debug!("id={id} cluster: not removed from Redis yet ({e})");
-            self.forgets.borrow_mut().push((id, serial, run));
+        if let Err(e) = self.forget(&batch).await {
+            log::debug!(
+                "cluster: {} ended connection(s) not removed from Redis yet ({e})",
+                batch.len()
+            );
+            self.forgets.borrow_mut().extend(batch);
         }
     }
 
-    async fn forget(&self, id: &ConnectionId, serial: u64, run: &str) -> Result<(), String> {
+    /// Remove ended connections from the directory and their run's live hash, in one
+    /// pipeline: each entry only if it is still that session's.
+    async fn forget(&self, batch: &[(ConnectionId, u64, String)]) -> Result<(), String> {
         let keys = self.keys();
+        let mut pipe = redis::pipe();
+        for (id, serial, run) in batch {
+            pipe.cmd("EVAL")
+                .arg(FORGET)
+                .arg(2)
+                .arg(keys.connection(id))
+                .arg(keys.live(run))
+                .arg(format!("{run}:{serial}"))
+                .arg(id.to_string())
+                .arg(serial)
+                .ignore();
+        }
         let mut conn = self.conn();
-        let mut invocation = FORGET.prepare_invoke();
-        invocation
-            .key(keys.connection(id))
-            .key(keys.live(run))
-            .arg(format!("{run}:{serial}"))
-            .arg(id.to_string())
-            .arg(serial);
-        self.timed(invocation.invoke_async::<i64>(&mut conn))
-            .await
-            .map(|_| ())
+        self.timed(pipe.query_async::<()>(&mut conn)).await
     }
 
     /// Publish a control message to a run; the number of nodes that heard it.
@@ -1390,9 +1422,9 @@ impl Node {
     /// Write every local connection (and retry every ended one) after joining or an outage.
     async fn retry_forgets(&self) {
         let forgets: Vec<_> = std::mem::take(&mut *self.forgets.borrow_mut());
-        for (id, serial, old_run) in forgets {
-            if self.forget(&id, serial, &old_run).await.is_err() {
-                self.forgets.borrow_mut().push((id, serial, old_run));
+        for chunk in forgets.chunks(PUBLISH_BATCH) {
+            if self.forget(chunk).await.is_err() {
+                self.forgets.borrow_mut().extend(chunk.iter().cloned());
             }
         }
     }

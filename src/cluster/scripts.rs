@@ -44,16 +44,13 @@ return 1
 /// Forget an ended connection: its directory entry if it still names this session, and its
 /// live entry if that is this session's.
 /// KEYS: conn:{id}, live:{run}. ARGV: run:serial, id, serial.
-pub(crate) static FORGET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+/// Sent as EVAL in pipelines (a disconnect storm is forgotten in a few round trips).
+pub(crate) const FORGET: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 local v = redis.call('HGET', KEYS[2], ARGV[2])
 if v and string.sub(v, 3) == ARGV[3] then redis.call('HDEL', KEYS[2], ARGV[2]) end
 return 1
-",
-    )
-});
+";
 
 /// Reap: claim every run without a lease (or, with ARGV[3], that one run whatever its lease),
 /// other than ARGV[2]. Each claimed run leaves the runs and heartbeat hashes and loses its
