@@ -267,7 +267,11 @@ impl Node {
         &self,
         future: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, String> {
-        match tokio::time::timeout(self.settings().timeout, future).await {
+        // A little longer than the connections' own response timeout, so a connection that
+        // stopped answering (a blackhole, not a reset) fails inside the client, which then
+        // replaces it, instead of being abandoned here and reused.
+        let outer = self.settings().timeout + self.settings().timeout / 2;
+        match tokio::time::timeout(outer, future).await {
             Ok(Ok(value)) => {
                 self.reachable.set(true);
                 Ok(value)

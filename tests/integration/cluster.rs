@@ -96,11 +96,14 @@ impl Drop for Redis {
     }
 }
 
-/// A TCP proxy in front of Redis that the test can cut: every connection through it is
-/// dropped and new ones are refused until it is restored.
+/// A TCP proxy in front of Redis that the test can cut (every connection through it is
+/// dropped and new ones are refused until it is restored) or freeze (the connections open
+/// now stay open and carry nothing more; new ones work).
 struct Proxy {
     addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    /// Bumped to freeze the connections opened before.
+    epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Proxy {
@@ -109,6 +112,8 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
         let flag = cut.clone();
+        let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let epochs = epoch.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -119,23 +124,45 @@ impl Proxy {
                     continue;
                 }
                 let flag = flag.clone();
+                let frozen = Frozen {
+                    epochs: epochs.clone(),
+                    born: epochs.load(Ordering::SeqCst),
+                };
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(target).await else {
                         return;
                     };
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    let up = tokio::spawn(pipe(cr, sw, flag.clone()));
-                    let down = tokio::spawn(pipe(sr, cw, flag));
+                    let up = tokio::spawn(pipe(cr, sw, flag.clone(), frozen.clone()));
+                    let down = tokio::spawn(pipe(sr, cw, flag, frozen));
                     let _ = tokio::join!(up, down);
                 });
             }
         });
-        Self { addr, cut }
+        Self { addr, cut, epoch }
     }
 
     fn set_cut(&self, cut: bool) {
         self.cut.store(cut, Ordering::SeqCst);
+    }
+
+    /// Stop carrying anything on the connections open now, without closing them.
+    fn freeze(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Whether a proxied connection was opened before the last freeze.
+#[derive(Clone)]
+struct Frozen {
+    epochs: Arc<std::sync::atomic::AtomicU64>,
+    born: u64,
+}
+
+impl Frozen {
+    fn now(&self) -> bool {
+        self.epochs.load(Ordering::SeqCst) != self.born
     }
 }
 
@@ -144,6 +171,7 @@ async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     cut: Arc<AtomicBool>,
+    frozen: Frozen,
 ) {
     let mut buf = vec![0u8; 16384];
     loop {
@@ -154,6 +182,8 @@ async fn pipe(
         match read {
             Err(_) => continue,
             Ok(Ok(0)) | Ok(Err(_)) => return,
+            // Swallowed: the connection stays open and silent.
+            Ok(Ok(_)) if frozen.now() => continue,
             Ok(Ok(n)) => {
                 if to.write_all(&buf[..n]).await.is_err() {
                     return;
@@ -827,6 +857,52 @@ async fn a_node_paused_past_its_lease_closes_the_sockets_that_were_reaped() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(notices(&backend).len(), 3, "one notice each, the reaper's");
     hubs[0].wait_for_log("fenced").await;
+}
+
+#[actix_web::test]
+#[cfg_attr(missing_redis_server, ignore = "redis-server is not installed")]
+async fn a_subscription_that_silently_stops_delivering_is_caught_by_the_probe() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.addr()).await;
+    let prefix = prefix();
+    // A lease long enough that the frozen command connection is replaced before it matters.
+    let section = |addr, node| {
+        cluster_section(addr, node, &prefix).replace("lease_ms = 3200", "lease_ms = 12000")
+    };
+    let quiet = start(&format!("{FOUR_ROUTES}{}", section(proxy.addr, "quiet")));
+    let other = start(&format!("{FOUR_ROUTES}{}", section(redis.addr(), "other")));
+    wait_for_cluster(&[&quiet, &other], 2).await;
+    let mut listener = connect(&quiet.ws_url("/rpc")).await;
+    call(
+        &mut listener,
+        rpc(1, "subscribe", json!({"channel": "news"})),
+    )
+    .await;
+
+    // The TCP connections stay up but carry nothing: only the probe can tell.
+    proxy.freeze();
+    let start = Instant::now();
+    loop {
+        let health = get(&quiet, "/healthz").await.json;
+        let cluster = &health["cluster"];
+        if cluster["probes_failed"].as_u64().unwrap_or(0) >= 1 && cluster["state"] == "connected" {
+            assert!(cluster["gaps"].as_u64().unwrap() >= 1, "{health}");
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the probe never caught it: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reply = post(
+        &other,
+        "/api/publish",
+        &json!({"channel": "news", "data": {"n": 7}}),
+    )
+    .await;
+    assert_eq!(reply.json["cluster"]["published"], true);
+    assert_eq!(next_json(&mut listener).await["n"], 7, "delivering again");
 }
 
 #[actix_web::test]
