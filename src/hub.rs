@@ -467,7 +467,9 @@ struct Broadcast {
 #[derive(Message)]
 #[rtype(result = "()")]
 struct RemotePublish {
+    /// The channel; None for a broadcast.
     channel: Option<ChannelName>,
+    /// The published value.
     data: serde_json::Value,
 }
 
@@ -475,7 +477,9 @@ struct RemotePublish {
 #[derive(Message)]
 #[rtype(result = "()")]
 struct ReplaceRemote {
+    /// The id the newer connection took.
     id: ConnectionId,
+    /// The local session the directory named (a later local session keeps the id).
     serial: u64,
 }
 
@@ -484,9 +488,11 @@ struct ReplaceRemote {
 #[rtype(result = "()")]
 struct Fence;
 
+/// Who is in a channel here (presence).
 #[derive(Message)]
 #[rtype(result = "Vec<ConnectionId>")]
 struct ChannelMembers {
+    /// The channel.
     channel: ChannelName,
 }
 
