@@ -674,6 +674,24 @@ async fn a_killed_nodes_connections_get_exactly_one_notice_each_from_a_survivor(
     }
     wait_local(&hubs[0], 50).await;
     let ids = wait_for_connections(&hubs[0], 50).await;
+    // SocketDock's push path works through another node too.
+    let pushed = http(
+        "POST",
+        &hubs[2].push_url(&format!("/socket/{}/send", ids[0])),
+        None,
+        Some("via n2"),
+    )
+    .await;
+    assert_eq!(pushed.status, 200);
+    let mut got_push = false;
+    for ws in &mut doomed {
+        if let Ok(Some(Ok(Message::Binary(bytes)))) =
+            tokio::time::timeout(Duration::from_millis(20), futures_util::StreamExt::next(ws)).await
+        {
+            got_push |= bytes == b"via n2";
+        }
+    }
+    assert!(got_push, "the pushed frame reached its connection on n0");
     // One connection on a survivor closes normally: its own node sends its one notice.
     let mut survivor = connect(&hubs[1].ws_url("/ws")).await;
     wait_local(&hubs[1], 1).await;
