@@ -174,10 +174,21 @@ def latency(args):
                 "latency": result.get("latency"), "throughput": result.get("throughput")})
 
 
-class Notices(http.server.BaseHTTPRequestHandler):
-    """Counts SocketDock disconnect notices (and answers every POST 200)."""
+class Receiver(http.server.ThreadingHTTPServer):
+    """A notice receiver with room for a burst of connections (socketserver's default
+    backlog of 5 made the hub's notices time out)."""
 
+    request_queue_size = 4096
+    daemon_threads = True
+
+
+class Notices(http.server.BaseHTTPRequestHandler):
+    """Counts SocketDock disconnect notices, and the distinct connections they name (and
+    answers every POST 200, keeping the connection alive)."""
+
+    protocol_version = "HTTP/1.1"
     count = 0
+    ids = set()
     first = None
     last = None
     lock = threading.Lock()
@@ -187,10 +198,10 @@ class Notices(http.server.BaseHTTPRequestHandler):
         if self.path == "/disconnect":
             with Notices.lock:
                 Notices.count += 1
+                Notices.ids.add(json.loads(body)["connection_id"])
                 now = time.time()
                 Notices.first = Notices.first or now
                 Notices.last = now
-        del body
         self.send_response(200)
         self.send_header("content-length", "0")
         self.end_headers()
@@ -200,7 +211,7 @@ class Notices(http.server.BaseHTTPRequestHandler):
 
 
 def crash(args):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", NOTICE_PORT), Notices)
+    server = Receiver(("127.0.0.1", NOTICE_PORT), Notices)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     backend = f"""
 [backend]
@@ -224,12 +235,12 @@ disconnect_url = "http://127.0.0.1:{NOTICE_PORT}/disconnect"
         killed = time.time()
         cluster.hubs[0].kill()
         deadline = killed + 120
-        while Notices.count < args.crash and time.time() < deadline:
+        while len(Notices.ids) < args.crash and time.time() < deadline:
             time.sleep(0.05)
         holder.kill()
         holder.wait()
         record({"scenario": "crash", "nodes": args.nodes, "connections": args.crash,
-                "notices": Notices.count,
+                "notices": Notices.count, "connections_noticed": len(Notices.ids),
                 "first_notice_s": round(Notices.first - killed, 3) if Notices.first else None,
                 "last_notice_s": round(Notices.last - killed, 3) if Notices.last else None,
                 "lease_ms": 10000, "reap_interval_ms": 1000})
