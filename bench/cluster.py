@@ -155,7 +155,7 @@ def idle(args):
             record({"scenario": "idle", "node": i, "nodes": args.nodes,
                     "connections": result.get("connected"),
                     "rss_per_conn_kib": result.get("rss_per_conn_kib"),
-                    "connect_per_s": result.get("connect_per_s")})
+                    "connect_per_s": result.get("connect_rate")})
 
 
 def latency(args):
