@@ -44,6 +44,85 @@ pub struct Config {
     /// The optional hook asked before a connection joins a channel.
     #[serde(default)]
     pub authorization: AuthorizationConfig,
+    /// Several hub processes as one hub over Redis; without a `url` nothing changes.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// The `[cluster]` section: with `url` set, this process joins the other hubs on the same
+/// Redis (one channel space, push by id on any node, cluster-wide listings, crash notices).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The Redis server (`redis://host:port/db`); unset means a single node that never touches
+    /// Redis.
+    pub url: Option<RedisUrl>,
+    /// This node's name, unique in the cluster and kept across restarts (required with `url`):
+    /// a node starting under a name whose previous run died takes over that run's notices.
+    pub node: Option<String>,
+    /// Prefix of every Redis key and channel, so several clusters can share one Redis.
+    pub key_prefix: String,
+    /// How long a node's lease lasts without a renewal: a node silent this long is taken for
+    /// dead (its connections' disconnect notices are sent by a survivor), and a node cut off
+    /// from Redis this long closes its own sockets first.
+    #[serde(deserialize_with = "positive")]
+    pub lease_ms: NonZeroU64,
+    /// How often every node looks for expired leases to reap.
+    #[serde(deserialize_with = "positive")]
+    pub reap_interval_ms: NonZeroU64,
+    /// How long a request to another node (push by id, close, listings) waits for its answer,
+    /// and how long one Redis command may take.
+    #[serde(deserialize_with = "positive")]
+    pub request_timeout_ms: NonZeroU64,
+    /// How long a channel stays subscribed in Redis after its last local member left, so
+    /// churn does not turn into a stream of SUBSCRIBE/UNSUBSCRIBE.
+    pub unsubscribe_delay_ms: u64,
+    /// How often the subscription connection is probed with a message to itself; one that
+    /// delivers nothing for two probes is reconnected.
+    #[serde(deserialize_with = "positive")]
+    pub probe_interval_ms: NonZeroU64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            node: None,
+            key_prefix: "switchboard".into(),
+            lease_ms: NonZeroU64::new(10_000).expect("positive literal"),
+            reap_interval_ms: NonZeroU64::new(1_000).expect("positive literal"),
+            request_timeout_ms: NonZeroU64::new(1_000).expect("positive literal"),
+            unsubscribe_delay_ms: 1_000,
+            probe_interval_ms: NonZeroU64::new(5_000).expect("positive literal"),
+        }
+    }
+}
+
+/// A `redis://` URL, checked by the Redis client's own parser when it is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// Check a Redis URL: `redis://` (TLS is not built in), parsed by the client.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if !text.starts_with("redis://") {
+            return Err(format!("`{text}` is not a redis:// URL"));
+        }
+        redis::Client::open(text).map_err(|e| format!("`{text}`: {e}"))?;
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The URL as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for RedisUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// The `[authorization]` section: when `url` is set, the hub asks the application before a
@@ -1188,6 +1267,65 @@ impl Config {
         Ok(())
     }
 
+    /// The `[cluster]` rules: a node name with a URL, and timings that let a lease be renewed.
+    fn validate_cluster(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let cluster = &self.cluster;
+        if cluster.url.is_none() {
+            return Ok(());
+        }
+        match cluster.node.as_deref() {
+            None => {
+                return Err(invalid(
+                    "cluster.node",
+                    "is required with cluster.url: name this node (unique in the cluster, kept across restarts)".into(),
+                ))
+            }
+            Some(node)
+                if node.is_empty()
+                    || node.len() > 64
+                    || !node
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) =>
+            {
+                return Err(invalid(
+                    "cluster.node",
+                    format!("`{node}`: use 1 to 64 of A-Z a-z 0-9 - _ ."),
+                ))
+            }
+            Some(_) => {}
+        }
+        if cluster.key_prefix.is_empty()
+            || cluster.key_prefix.len() > 64
+            || cluster
+                .key_prefix
+                .bytes()
+                .any(|b| !b.is_ascii_graphic() || b"*?[]\\".contains(&b))
+        {
+            return Err(invalid(
+                "cluster.key_prefix",
+                format!(
+                    "`{}`: use 1 to 64 printable characters without spaces or * ? [ ] \\",
+                    cluster.key_prefix
+                ),
+            ));
+        }
+        if cluster.lease_ms.get() < 4 * cluster.request_timeout_ms.get() {
+            return Err(invalid(
+                "cluster.lease_ms",
+                format!(
+                    "{} must be at least 4 x cluster.request_timeout_ms ({}): the lease is renewed every quarter of it, each renewal taking up to the request timeout",
+                    cluster.lease_ms, cluster.request_timeout_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Check the rules between keys, which no single type can hold (every value is already
     /// valid on its own: see the module docs).
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
@@ -1196,6 +1334,7 @@ impl Config {
             key: key.to_owned(),
             message,
         };
+        self.validate_cluster(origin)?;
         let limits = &self.limits;
         if limits.heartbeat_interval_ms >= limits.heartbeat_timeout_ms {
             return Err(invalid(

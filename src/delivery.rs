@@ -26,6 +26,9 @@ pub enum Outbound {
     /// The client stopped reading and was cut off: drop what still waits for it (so the close
     /// frame can get through if it reads again) and close with 1008.
     CutOff,
+    /// This node lost its cluster lease: close with 1012 and send no disconnect notice (the
+    /// node that reaps this node's run sends it).
+    Fenced,
 }
 
 /// Hub -> session: send this to the client.
@@ -36,10 +39,25 @@ pub struct Deliver(pub Outbound);
 /// How a publish or broadcast went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Delivery {
-    /// Connections the message was queued for.
+    /// Connections of this node the message was queued for.
     pub reached: usize,
-    /// Connections that did not get it because their queue was full (they are cut off).
+    /// Connections of this node that did not get it because their queue was full (they are
+    /// cut off).
     pub dropped: usize,
+    /// In a cluster: whether it went on to the other nodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterReach>,
+}
+
+/// How a publication fared beyond this node (in a cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ClusterReach {
+    /// Whether it was handed to Redis for the other nodes; false means only this node's
+    /// connections got it.
+    pub published: bool,
+    /// Subscriptions of other nodes that received it (a node holding the channel and a
+    /// matching prefix counts twice); 0 when not published.
+    pub other_nodes: usize,
 }
 
 /// Why a message for one connection was not delivered.
@@ -51,4 +69,12 @@ pub enum Undelivered {
     /// The connection's queue was full; it has been cut off.
     #[error("the connection's outbound queue is full; it has been closed with 1008")]
     QueueFull,
+    /// Another node holds it and did not answer in time.
+    #[error("the node holding this connection did not answer in time")]
+    NodeUnreachable,
+    /// The cluster cannot be reached, so a connection on another node cannot be either.
+    #[error(
+        "no local connection with this id, and the cluster is unreachable (Redis down or cut off)"
+    )]
+    ClusterUnreachable,
 }

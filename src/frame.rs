@@ -42,6 +42,9 @@ pub mod close_code {
     pub const INTERNAL_ERROR: u16 = 1011;
     /// The server is overloaded; try again later.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The server is restarting or leaving its cluster: reconnect (sent to the clients of a
+    /// node that lost its cluster lease).
+    pub const SERVICE_RESTART: u16 = 1012;
 
     /// A newer connection with the same client-chosen id took over (ws2api routes).
     pub const REPLACED: u16 = 4001;

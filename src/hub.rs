@@ -22,10 +22,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
+use futures_util::future::LocalBoxFuture;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::channel::{ChannelName, Publication, PublicationKind};
+use crate::cluster::{
+    ClusterHandle, ClusterReach, Coverage, LocalHub, Question, RemoteError, Surveyed,
+};
 use crate::connection::ConnectionId;
 use crate::courier::{CourierHandle, Fanout, Report};
 use crate::delivery::{Deliver, Delivery, Outbound, Undelivered};
@@ -86,13 +90,57 @@ pub struct HubStats {
     pub stalled_connections_closed: u64,
 }
 
-/// The one way into the hub: cheap to clone, every call a message to the hub actor.
+/// The one way into the hub: cheap to clone, every call a message to the hub actor. In a
+/// cluster it also owns the way to the other nodes: a connection this node does not hold is
+/// looked for there, and listings and counts cover every node (the handle may await; the hub
+/// actor never does).
 #[derive(Clone)]
 pub struct HubHandle {
     /// The hub actor.
     addr: Addr<Hub>,
     /// The process's metrics (shared by everyone who holds the handle).
     metrics: Arc<Metrics>,
+    /// The cluster, when `[cluster]` is set.
+    cluster: Option<ClusterHandle>,
+}
+
+/// A listing with what it covers.
+pub struct Listing<T> {
+    /// The entries.
+    pub items: Vec<T>,
+    /// In a cluster: which nodes answered (a node that did not answer in time makes it
+    /// partial).
+    pub cluster: Option<Coverage>,
+}
+
+/// A local send or close, and when this node does not hold the connection, the same through
+/// the cluster on the node that does.
+async fn elsewhere<F: Future<Output = Result<Result<(), Undelivered>, RemoteError>>>(
+    local: impl Future<Output = Result<Result<(), Undelivered>, HubUnavailable>>,
+    cluster: Option<ClusterHandle>,
+    remote: impl FnOnce(ClusterHandle) -> F,
+) -> Result<Result<(), Undelivered>, HubUnavailable> {
+    match (local.await?, cluster) {
+        (Err(Undelivered::UnknownConnection), Some(cluster)) => {
+            Ok(remote(cluster).await.unwrap_or_else(|e| Err(e.into())))
+        }
+        (result, _) => Ok(result),
+    }
+}
+
+/// The local answer, and in a cluster every other node's answer merged into it by `merge`,
+/// with what the result covers.
+async fn everywhere<T>(
+    local: impl Future<Output = Result<T, HubUnavailable>>,
+    cluster: Option<ClusterHandle>,
+    question: Question,
+    merge: impl FnOnce(&ClusterHandle, T, &Surveyed) -> T,
+) -> Result<(T, Option<Coverage>), HubUnavailable> {
+    let Some(cluster) = cluster else {
+        return Ok((local.await?, None));
+    };
+    let (local, surveyed) = futures_util::future::join(local, cluster.survey(question)).await;
+    Ok((merge(&cluster, local?, &surveyed), Some(surveyed.coverage)))
 }
 
 /// Turn the actor's reply into the handle's result.
@@ -104,11 +152,31 @@ async fn answer<T>(
 
 impl HubHandle {
     /// Start the hub (once per process, before the servers) on the current arbiter.
-    pub fn start(limits: SubscriptionLimits, metrics: Arc<Metrics>) -> Self {
+    /// With a cluster, the hub tells it about channel interest and publications.
+    pub fn start(
+        limits: SubscriptionLimits,
+        metrics: Arc<Metrics>,
+        cluster: Option<ClusterHandle>,
+    ) -> Self {
         Self {
-            addr: Hub::new(limits, metrics.clone()).start(),
+            addr: Hub::new(limits, metrics.clone(), cluster.clone()).start(),
             metrics,
+            cluster,
         }
+    }
+
+    /// The same hub without the cluster: what the cluster itself uses to serve other nodes.
+    pub(crate) fn local(&self) -> Self {
+        Self {
+            addr: self.addr.clone(),
+            metrics: self.metrics.clone(),
+            cluster: None,
+        }
+    }
+
+    /// The cluster, when this node is part of one.
+    pub fn cluster(&self) -> Option<&ClusterHandle> {
+        self.cluster.as_ref()
     }
 
     /// The process's metrics.
@@ -120,14 +188,29 @@ impl HubHandle {
     /// first (a reply would be dropped with it, and the registration skipped); a refusal
     /// reaches the session as a close (1001 while shutting down, 1013 for a duplicate id).
     pub fn connect(&self, registration: Registration) -> Result<(), HubUnavailable> {
+        if let Some(cluster) = &self.cluster {
+            // Before the hub sees it, so a replaced session's end always comes after.
+            cluster.opened(
+                registration.id.clone(),
+                registration.serial,
+                registration.replace,
+            );
+        }
         self.addr
             .try_send(Connect(registration))
             .map_err(|_| HubUnavailable)
     }
 
-    /// The connection ended (idempotent; a stale serial is ignored).
-    pub fn disconnect(&self, id: ConnectionId, serial: u64) {
+    /// The connection ended (idempotent; a stale serial is ignored). In a cluster the answer
+    /// comes once Redis forgot it: its disconnect notice waits for that, so a node that
+    /// reaps this one later cannot send it a second time.
+    pub fn disconnect(&self, id: ConnectionId, serial: u64) -> Option<oneshot::Receiver<()>> {
+        let forgotten = self
+            .cluster
+            .as_ref()
+            .map(|cluster| cluster.closed(id.clone(), serial));
         self.addr.do_send(Disconnect { id, serial });
+        forgotten
     }
 
     /// Apply channel operations in order for one connection.
@@ -140,10 +223,15 @@ impl HubHandle {
         // Queued now, not when the future is first polled: calls reach the hub in call order.
         let request = hub.send(Apply { id, ops });
         async move {
-            let settling = answer(request).await?;
+            let (settling, barrier) = answer(request).await?;
             let mut outcomes = Vec::with_capacity(settling.len());
             for outcome in settling {
                 outcomes.push(outcome.settle(&hub).await);
+            }
+            // In a cluster, subscriptions are answered once this node is subscribed in Redis
+            // too, so a publish on another node that follows the answer reaches them.
+            if let Some(barrier) = barrier {
+                let _ = barrier.await;
             }
             Ok(outcomes)
         }
@@ -217,8 +305,32 @@ impl HubHandle {
         }
     }
 
-    /// Send a frame to one connection.
+    /// Send a frame to one connection, on whichever node holds it.
     pub fn send_to(
+        &self,
+        id: ConnectionId,
+        frame: Frame,
+    ) -> impl Future<Output = Result<Result<(), Undelivered>, HubUnavailable>> + 'static {
+        let local = self.send_here(id.clone(), frame.clone());
+        elsewhere(local, self.cluster.clone(), move |cluster| async move {
+            cluster.send_to(id, frame).await
+        })
+    }
+
+    /// Close one connection with this code and reason, on whichever node holds it.
+    pub fn close(
+        &self,
+        id: ConnectionId,
+        close: Close,
+    ) -> impl Future<Output = Result<Result<(), Undelivered>, HubUnavailable>> + 'static {
+        let local = self.close_here(id.clone(), close.clone());
+        elsewhere(local, self.cluster.clone(), move |cluster| async move {
+            cluster.close(id, close).await
+        })
+    }
+
+    /// Send a frame to one connection of this node.
+    fn send_here(
         &self,
         id: ConnectionId,
         frame: Frame,
@@ -253,13 +365,96 @@ impl HubHandle {
         }
     }
 
-    /// Close one connection with this code and reason.
-    pub fn close(
+    /// Close one connection of this node with this code and reason.
+    fn close_here(
         &self,
         id: ConnectionId,
         close: Close,
     ) -> impl Future<Output = Result<Result<(), Undelivered>, HubUnavailable>> + 'static {
         answer(self.addr.send(CloseConnection { id, close }))
+    }
+
+    /// Every connection of the cluster (of this node without one), sorted by id.
+    pub fn connections_everywhere(
+        &self,
+    ) -> impl Future<Output = Result<Listing<ConnectionInfo>, HubUnavailable>> + 'static {
+        let listed = everywhere(
+            self.connections(),
+            self.cluster.clone(),
+            Question::Connections,
+            |cluster, local, surveyed| cluster.merge_connections(local, surveyed),
+        );
+        async move {
+            let (items, cluster) = listed.await?;
+            Ok(Listing { items, cluster })
+        }
+    }
+
+    /// Every channel of the cluster with its members summed over the nodes, sorted by name.
+    pub fn channels_everywhere(
+        &self,
+    ) -> impl Future<Output = Result<Listing<ChannelInfo>, HubUnavailable>> + 'static {
+        let listed = everywhere(
+            self.channels(),
+            self.cluster.clone(),
+            Question::Channels,
+            |cluster, local, surveyed| cluster.merge_channels(local, surveyed),
+        );
+        async move {
+            let (items, cluster) = listed.await?;
+            Ok(Listing { items, cluster })
+        }
+    }
+
+    /// Members of `channel` (or connections in any channel) summed over the cluster.
+    pub fn count_subscribers_everywhere(
+        &self,
+        channel: Option<ChannelName>,
+    ) -> impl Future<Output = Result<(usize, Option<Coverage>), HubUnavailable>> + 'static {
+        let question = Question::Subscribers {
+            channel: channel.as_ref().map(|c| c.to_string()),
+        };
+        everywhere(
+            self.count_subscribers(channel),
+            self.cluster.clone(),
+            question,
+            |_, local, surveyed| {
+                let remote: u64 = surveyed
+                    .answers
+                    .iter()
+                    .filter_map(|(_, a)| a.as_u64())
+                    .sum();
+                local + remote as usize
+            },
+        )
+    }
+
+    /// Presence: the ids of the members of `channel` on every node, sorted.
+    pub fn presence(
+        &self,
+        channel: ChannelName,
+    ) -> impl Future<Output = Result<Listing<ConnectionId>, HubUnavailable>> + 'static {
+        let question = Question::Presence {
+            channel: channel.to_string(),
+        };
+        let listed = everywhere(
+            answer(self.addr.send(ChannelMembers { channel })),
+            self.cluster.clone(),
+            question,
+            |_, mut local, surveyed| {
+                for (_, answer) in &surveyed.answers {
+                    if let Ok(ids) = serde_json::from_value::<Vec<ConnectionId>>(answer.clone()) {
+                        local.extend(ids);
+                    }
+                }
+                local.sort();
+                local
+            },
+        );
+        async move {
+            let (items, cluster) = listed.await?;
+            Ok(Listing { items, cluster })
+        }
     }
 
     /// Every connection, sorted by id.
@@ -311,7 +506,7 @@ struct Disconnect {
 }
 
 #[derive(Message)]
-#[rtype(result = "Vec<Settling>")]
+#[rtype(result = "(Vec<Settling>, Option<oneshot::Receiver<()>>)")]
 struct Apply {
     id: ConnectionId,
     ops: Vec<ChannelOp>,
@@ -335,6 +530,39 @@ struct Publish {
 #[rtype(result = "Fanning")]
 struct Broadcast {
     data: serde_json::Value,
+}
+
+/// A publication (or, without a channel, a broadcast) from another node: delivered here only.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RemotePublish {
+    /// The channel; None for a broadcast.
+    channel: Option<ChannelName>,
+    /// The published value.
+    data: serde_json::Value,
+}
+
+/// A newer connection with this id registered on another node.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ReplaceRemote {
+    /// The id the newer connection took.
+    id: ConnectionId,
+    /// The local session the directory named (a later local session keeps the id).
+    serial: u64,
+}
+
+/// This node lost its cluster lease: close every connection without a notice.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Fence;
+
+/// Who is in a channel here (presence).
+#[derive(Message)]
+#[rtype(result = "Vec<ConnectionId>")]
+struct ChannelMembers {
+    /// The channel.
+    channel: ChannelName,
 }
 
 #[derive(Message)]
@@ -383,8 +611,14 @@ struct Forget {
     gone: Vec<ConnectionId>,
 }
 
-/// A fan-out on its way: one report per worker it went to.
-struct Fanning(Vec<oneshot::Receiver<Report>>);
+/// A fan-out on its way: one report per worker it went to, and in a cluster the answer of
+/// the other nodes.
+struct Fanning {
+    /// One report per worker.
+    reports: Vec<oneshot::Receiver<Report>>,
+    /// Whether the cluster took it to the other nodes, when there is a cluster.
+    remote: Option<oneshot::Receiver<ClusterReach>>,
+}
 
 impl Fanning {
     /// Wait for every worker's report, sum them, and have the hub forget the connections that
@@ -394,7 +628,7 @@ impl Fanning {
         let mut delivery = Delivery::default();
         let mut stalled = Vec::new();
         let mut gone = Vec::new();
-        for report in self.0 {
+        for report in self.reports {
             let Ok(report) = report.await else { continue };
             delivery.reached += report.reached;
             delivery.dropped += report.stalled.len();
@@ -403,6 +637,12 @@ impl Fanning {
         }
         if !stalled.is_empty() || !gone.is_empty() {
             hub.do_send(Forget { stalled, gone });
+        }
+        if let Some(remote) = self.remote {
+            delivery.cluster = Some(remote.await.unwrap_or(ClusterReach {
+                published: false,
+                other_nodes: 0,
+            }));
         }
         delivery
     }
@@ -440,6 +680,8 @@ struct Hub {
     stalled: u64,
     /// The process's metrics (the channel gauge, pushes and their cut-offs).
     metrics: Arc<Metrics>,
+    /// The cluster: told about channel interest and every publication made here.
+    cluster: Option<ClusterHandle>,
 }
 
 impl Actor for Hub {
@@ -451,7 +693,11 @@ impl Actor for Hub {
 }
 
 impl Hub {
-    fn new(limits: SubscriptionLimits, metrics: Arc<Metrics>) -> Self {
+    fn new(
+        limits: SubscriptionLimits,
+        metrics: Arc<Metrics>,
+        cluster: Option<ClusterHandle>,
+    ) -> Self {
         Self {
             registry: Registry::new(limits),
             couriers: Vec::new(),
@@ -460,6 +706,7 @@ impl Hub {
             deliveries_dropped: 0,
             stalled: 0,
             metrics,
+            cluster,
         }
     }
 
@@ -504,7 +751,10 @@ impl Hub {
             });
             reports.push(receiver);
         }
-        Fanning(reports)
+        Fanning {
+            reports,
+            remote: None,
+        }
     }
 
     /// A connection that stopped reading was cut off: count it and forget it.
@@ -530,14 +780,21 @@ impl Hub {
     }
 
     /// Interest changes are the seam for a cluster; a single node has nobody to tell.
+    /// Interest changes go to the cluster (which subscribes in Redis); a single node has
+    /// nobody to tell. The channel gauge follows them.
     fn settle(&mut self) {
-        let mut changed = false;
-        for change in self.registry.take_interest() {
-            log::trace!("channel interest: {change:?}");
-            changed = true;
+        let changes = self.registry.take_interest();
+        if changes.is_empty() {
+            return;
         }
-        if changed {
-            self.metrics.set_channels(self.registry.channel_count());
+        self.metrics.set_channels(self.registry.channel_count());
+        match &self.cluster {
+            Some(cluster) => cluster.interest(changes),
+            None => {
+                for change in changes {
+                    log::trace!("channel interest: {change:?}");
+                }
+            }
         }
     }
 
@@ -559,8 +816,14 @@ impl Hub {
         channel: ChannelName,
         data: serde_json::Value,
     ) -> Fanning {
+        let remote = self
+            .cluster
+            .as_ref()
+            .map(|cluster| cluster.publish(Some(channel.clone()), data.clone()));
         let publication = Publication::new(Some(channel), data, PublicationKind::Message);
-        self.fan_out(targets, publication)
+        let mut fanning = self.fan_out(targets, publication);
+        fanning.remote = remote;
+        fanning
     }
 }
 
@@ -639,13 +902,23 @@ impl Handler<Apply> for Hub {
     type Result = MessageResult<Apply>;
 
     fn handle(&mut self, msg: Apply, _: &mut Context<Self>) -> Self::Result {
+        let subscribes = msg.ops.iter().any(|op| {
+            matches!(
+                op,
+                ChannelOp::Subscribe(_) | ChannelOp::SubscribePrefix(_) | ChannelOp::Replace(_)
+            )
+        });
         let outcomes = msg
             .ops
             .into_iter()
             .map(|op| self.apply(&msg.id, op))
             .collect();
         self.settle();
-        MessageResult(outcomes)
+        let barrier = match &self.cluster {
+            Some(cluster) if subscribes => Some(cluster.barrier()),
+            _ => None,
+        };
+        MessageResult((outcomes, barrier))
     }
 }
 
@@ -676,10 +949,73 @@ impl Handler<Broadcast> for Hub {
     fn handle(&mut self, msg: Broadcast, _: &mut Context<Self>) -> Self::Result {
         let targets: Vec<ConnectionId> =
             self.registry.members().map(|(id, _)| id.clone()).collect();
+        let remote = self
+            .cluster
+            .as_ref()
+            .map(|cluster| cluster.publish(None, msg.data.clone()));
         let publication = Publication::new(None, msg.data, PublicationKind::Broadcast);
-        let delivery = self.fan_out(&targets, publication);
+        let mut fanning = self.fan_out(&targets, publication);
+        fanning.remote = remote;
         self.settle();
-        MessageResult(delivery)
+        MessageResult(fanning)
+    }
+}
+
+impl Handler<RemotePublish> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemotePublish, ctx: &mut Context<Self>) {
+        let (targets, publication) = match msg.channel {
+            Some(channel) => (
+                self.registry.targets(&channel, None),
+                Publication::new(Some(channel), msg.data, PublicationKind::Message),
+            ),
+            None => (
+                self.registry.members().map(|(id, _)| id.clone()).collect(),
+                Publication::new(None, msg.data, PublicationKind::Broadcast),
+            ),
+        };
+        let fanning = self.fan_out(&targets, publication);
+        self.settle();
+        // Nobody here waits for it, but cut-off connections must still be forgotten: the
+        // reports are summed on a task of their own, never awaited by the hub.
+        let hub = ctx.address();
+        actix::spawn(async move {
+            fanning.settle(&hub).await;
+        });
+    }
+}
+
+impl Handler<ReplaceRemote> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReplaceRemote, _: &mut Context<Self>) {
+        if self.registry.get(&msg.id).map(|m| m.serial) != Some(msg.serial) {
+            return;
+        }
+        if let Some(old) = self.remove(&msg.id) {
+            if let Some(courier) = self.courier_of(&old.link) {
+                courier.tell(vec![old.link.clone()], Outbound::Replaced);
+            }
+        }
+        self.settle();
+    }
+}
+
+impl Handler<Fence> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, _: Fence, _: &mut Context<Self>) {
+        // Like shutdown: the one close every session must see, beyond its backlog.
+        self.tell_all(&Outbound::Fenced);
+    }
+}
+
+impl Handler<ChannelMembers> for Hub {
+    type Result = MessageResult<ChannelMembers>;
+
+    fn handle(&mut self, msg: ChannelMembers, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.registry.members_of(&msg.channel))
     }
 }
 
@@ -776,6 +1112,67 @@ impl Handler<Shutdown> for Hub {
     }
 }
 
+/// The cluster's way into this hub (the handle without a cluster: what comes from other
+/// nodes is delivered and served here only).
+impl LocalHub for HubHandle {
+    fn deliver(&self, channel: Option<ChannelName>, data: serde_json::Value) -> bool {
+        self.addr.try_send(RemotePublish { channel, data }).is_ok()
+    }
+
+    fn send_to(
+        &self,
+        id: ConnectionId,
+        frame: Frame,
+    ) -> LocalBoxFuture<'static, Option<Result<(), Undelivered>>> {
+        let request = self.send_here(id, frame);
+        Box::pin(async move { request.await.ok() })
+    }
+
+    fn close(
+        &self,
+        id: ConnectionId,
+        close: Close,
+    ) -> LocalBoxFuture<'static, Option<Result<(), Undelivered>>> {
+        let request = self.close_here(id, close);
+        Box::pin(async move { request.await.ok() })
+    }
+
+    fn replace(&self, id: ConnectionId, serial: u64) {
+        self.addr.do_send(ReplaceRemote { id, serial });
+    }
+
+    fn fence(&self) {
+        self.addr.do_send(Fence);
+    }
+
+    fn answer(&self, question: Question) -> LocalBoxFuture<'static, Option<serde_json::Value>> {
+        let hub = self.local();
+        Box::pin(async move {
+            let value = match question {
+                Question::Connections => serde_json::to_value(hub.connections().await.ok()?),
+                Question::Channels => serde_json::to_value(hub.channels().await.ok()?),
+                Question::Subscribers { channel } => {
+                    let channel = match channel {
+                        Some(name) => Some(ChannelName::parse(&name).ok()?),
+                        None => None,
+                    };
+                    serde_json::to_value(hub.count_subscribers(channel).await.ok()?)
+                }
+                Question::Presence { channel } => {
+                    let channel = ChannelName::parse(&channel).ok()?;
+                    serde_json::to_value(hub.addr.send(ChannelMembers { channel }).await.ok()?)
+                }
+            };
+            value.ok()
+        })
+    }
+
+    fn figures(&self) -> LocalBoxFuture<'static, Option<(usize, usize)>> {
+        let stats = self.stats();
+        Box::pin(async move { stats.await.ok().map(|s| (s.connections, s.channels)) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -796,13 +1193,14 @@ mod tests {
                 Outbound::Close(_) => "close",
                 Outbound::Replaced => "replaced",
                 Outbound::CutOff => "cut off",
+                Outbound::Fenced => "fenced",
             });
         }
     }
 
     #[actix_web::test]
     async fn a_close_or_a_push_never_overtakes_a_publication_on_its_way() {
-        let hub = HubHandle::start(ROOMY, Arc::new(Metrics::new()));
+        let hub = HubHandle::start(ROOMY, Arc::new(Metrics::new()), None);
         let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
         let id = ConnectionId::parse("ordered").unwrap();
         hub.connect(Registration {
@@ -858,7 +1256,7 @@ mod tests {
 
     #[actix_web::test]
     async fn a_full_backlog_drops_the_delivery_and_cuts_the_connection_off() {
-        let hub = HubHandle::start(ROOMY, Arc::new(Metrics::new()));
+        let hub = HubHandle::start(ROOMY, Arc::new(Metrics::new()), None);
         let count = std::rc::Rc::new(std::cell::Cell::new(0));
         let backlog = Arc::new(Backlog::new(2, 1 << 20));
         let id = ConnectionId::parse("slow").unwrap();

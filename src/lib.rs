@@ -17,6 +17,10 @@
 //! - `backend`: where relay routes send frames: the loopback echo, or one actor per worker
 //!   (`backend::http`) relaying in a format (`socketdock`, `ws2api`: each one file with its
 //!   requests and push paths). `hook`: the connect hook and the authorizer.
+//! - `cluster`: the link to Redis when `[cluster]` is set, on a thread of its own: interest-based
+//!   pub/sub, the connection directory, leases and crash notices, cluster-wide surveys
+//!   (`cluster::node`: its tasks, `cluster::scripts`: the Lua scripts, `cluster::keys`: the
+//!   Redis names, `cluster::wire`: what nodes say to each other).
 //! - `push` (with `push::guard`) and `push_rpc`: the push API and RocketWS's backend port.
 //! - `origin`: which `Origin` and `Host` values a listener accepts (the push API and the
 //!   WebSocket handshake). [`readiness`]: the reasons `/readyz` answers 503.
@@ -27,6 +31,7 @@
 mod backend;
 mod channel;
 pub mod cli;
+mod cluster;
 pub mod config;
 mod connection;
 mod courier;

@@ -7,6 +7,7 @@
 //! | `GET /readyz` (no token) | | 200 `{"status": "ready"}`, or 503 `{"status": "not_ready", "reasons": [...]}` |
 //! | `GET /api/connections` | | `{"connections": [{id, route, remote, channels, connected_since}]}` |
 //! | `GET /api/channels` | | `{"channels": [{name, subscribers}]}` |
+//! | `GET /api/presence?channel=NAME` | | `{"channel", "subscribers", "connections": [id]}` |
 //! | `POST /api/connections/{id}/send` | `{"text": str}` or `{"binary": base64}` | `{"sent": true}` |
 //! | `POST /api/connections/{id}/close` | `{"code": 1000\|3000-4999, "reason": str}` (optional) | `{"closed": true}` |
 //! | `POST /api/publish` | `{"channel": str, "data": any}` | `{"channel", "reached", "dropped"}` |
@@ -25,6 +26,11 @@
 //! must be `application/json`, and every body must arrive within
 //! `push.body_timeout_ms`.
 //!
+//! In a cluster (`[cluster]`), pushes by id reach the connection on whichever node holds it,
+//! publishes and broadcasts carry `"cluster": {"published", "other_nodes"}` (`reached` counts
+//! this node's connections), and listings carry `"cluster": {"nodes", "missing", "partial"}`:
+//! a node that did not answer in time makes a listing partial, never silently short.
+//!
 //! Errors: 400 malformed body or id, 401 missing/wrong bearer token, 403 foreign `Origin` or
 //! `Host`, 404 unknown connection or path, 408 body too slow (the connection is closed), 413 body
 //! too large, 415 an `/api` body that is not `application/json`, 503 queue full or hub
@@ -42,6 +48,7 @@ pub use guard::{Allowed, ApiError, Authorized, PushSettings};
 
 use crate::backend::{socketdock, ws2api};
 use crate::channel::ChannelName;
+use crate::cluster::Coverage;
 use crate::config::RelayFormat;
 use crate::frame::{close_code, Close, Frame};
 use crate::hub::HubHandle;
@@ -64,6 +71,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, relay: Option<RelayFormat>) {
                 .route("/dashboard", web::get().to(dashboard::data))
                 .route("/connections", web::get().to(list_connections))
                 .route("/channels", web::get().to(list_channels))
+                .route("/presence", web::get().to(presence))
                 .route("/connections/{id}/send", web::post().to(send))
                 .route("/connections/{id}/close", web::post().to(close))
                 .route("/publish", web::post().to(publish))
@@ -89,6 +97,14 @@ async fn healthz(
     let stats = hub.stats().await?;
     let mut body = serde_json::to_value(stats).expect("stats serialize");
     body["status"] = json!("ok");
+    if let Some(cluster) = hub.cluster() {
+        // A node that lost the cluster still serves its own connections, but is not "ok".
+        let status = cluster.status();
+        if status.state != "connected" {
+            body["status"] = json!("degraded");
+        }
+        body["cluster"] = serde_json::to_value(status).expect("status serializes");
+    }
     // Which hub answered: operators (and the CLI) tell hubs on one machine apart by these.
     body["hub"] = json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -119,13 +135,46 @@ async fn list_connections(
     _: Authorized,
     hub: web::Data<HubHandle>,
 ) -> Result<HttpResponse, ApiError> {
-    let connections = hub.connections().await?;
-    Ok(HttpResponse::Ok().json(json!({"connections": connections})))
+    let listing = hub.connections_everywhere().await?;
+    let body = json!({"connections": listing.items});
+    Ok(HttpResponse::Ok().json(covered(body, listing.cluster)))
 }
 
 async fn list_channels(_: Authorized, hub: web::Data<HubHandle>) -> Result<HttpResponse, ApiError> {
-    let channels = hub.channels().await?;
-    Ok(HttpResponse::Ok().json(json!({"channels": channels})))
+    let listing = hub.channels_everywhere().await?;
+    let body = json!({"channels": listing.items});
+    Ok(HttpResponse::Ok().json(covered(body, listing.cluster)))
+}
+
+/// A listing's body with, in a cluster, which nodes it covers.
+fn covered(mut body: serde_json::Value, coverage: Option<Coverage>) -> serde_json::Value {
+    if let Some(coverage) = coverage {
+        body["cluster"] = json!(coverage);
+    }
+    body
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceQuery {
+    channel: String,
+}
+
+/// Presence: how many and which connections are in a channel (on every node).
+async fn presence(
+    _: Authorized,
+    hub: web::Data<HubHandle>,
+    query: web::Query<PresenceQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let channel = ChannelName::parse(&query.channel)
+        .map_err(|e| ApiError::BadRequest(format!("`channel`: {e}")))?;
+    let listing = hub.presence(channel.clone()).await?;
+    let body = json!({
+        "channel": channel,
+        "subscribers": listing.items.len(),
+        "connections": listing.items,
+    });
+    Ok(HttpResponse::Ok().json(covered(body, listing.cluster)))
 }
 
 #[derive(Deserialize)]
@@ -225,11 +274,15 @@ async fn publish(
     let channel = ChannelName::parse(&body.channel)
         .map_err(|e| ApiError::BadRequest(format!("`channel`: {e}")))?;
     let delivery = hub.publish(channel.clone(), body.data).await?;
-    Ok(HttpResponse::Ok().json(json!({
+    let mut reply = json!({
         "channel": channel,
         "reached": delivery.reached,
         "dropped": delivery.dropped,
-    })))
+    });
+    if let Some(cluster) = delivery.cluster {
+        reply["cluster"] = json!(cluster);
+    }
+    Ok(HttpResponse::Ok().json(reply))
 }
 
 #[derive(Deserialize)]

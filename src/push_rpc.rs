@@ -98,12 +98,12 @@ async fn run(hub: &HubHandle, call: &RawValue) -> Result<Option<String>, ApiErro
                 )),
             };
             match channel {
-                Ok(channel) => Ok(json!(hub.count_subscribers(channel).await?)),
+                Ok(channel) => Ok(json!(hub.count_subscribers_everywhere(channel).await?.0)),
                 Err(e) => Err(e),
             }
         }
         "available_channels" => {
-            let channels = hub.channels().await?;
+            let channels = hub.channels_everywhere().await?.items;
             Ok(json!(channels.into_iter().map(|c| c.name).collect::<Vec<_>>()))
         }
         other => Err((

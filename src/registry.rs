@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::channel::ChannelName;
 use crate::connection::ConnectionId;
@@ -41,7 +41,7 @@ pub enum ConnectRefused {
 }
 
 /// One connection as the push API lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnectionInfo {
     /// Its id.
     pub id: ConnectionId,
@@ -55,10 +55,13 @@ pub struct ConnectionInfo {
     pub prefixes: Vec<Arc<str>>,
     /// When it connected, Unix seconds.
     pub connected_since: u64,
+    /// In a cluster, the node that holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Arc<str>>,
 }
 
 /// One channel as the push API lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChannelInfo {
     /// Its name.
     pub name: ChannelName,
@@ -484,6 +487,7 @@ impl<L> Registry<L> {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
+                node: None,
             })
             .collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
@@ -502,6 +506,19 @@ impl<L> Registry<L> {
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
+    }
+
+    /// The ids of the members of `channel`, sorted.
+    pub(crate) fn members_of(&self, channel: &ChannelName) -> Vec<ConnectionId> {
+        let mut ids: Vec<ConnectionId> = self
+            .channels
+            .get(channel)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        ids.sort();
+        ids
     }
 
     /// Members of `channel`, or with `None` the connections in at least one channel or prefix.

@@ -9,14 +9,16 @@ use std::sync::Arc;
 use std::rc::Rc;
 use std::time::Duration;
 
+use actix::Actor;
 use actix_http::HttpService;
 use actix_service::{fn_factory, fn_service, map_config};
 use actix_web::dev::{AppConfig, ResourceDef};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context as _;
 
-use crate::backend::http::PendingNotices;
+use crate::backend::http::{HttpBackend, PendingNotices};
 use crate::backend::Backend;
+use crate::cluster::ClusterHandle;
 use crate::config::{BackendKind, Config};
 use crate::courier::CourierHandle;
 use crate::frame::{close_code, Close};
@@ -29,6 +31,9 @@ use crate::readiness::{NotReady, Readiness};
 use crate::session::RouteContext;
 use crate::shutdown;
 use crate::upgrade::{self, UpgradeRoute, Upgrader};
+
+/// How often `/readyz` looks at whether a clustered node still has its broker.
+const BROKER_CHECK: Duration = Duration::from_millis(250);
 
 /// The sample page, embedded so the binary serves it from any working directory.
 const PAGE: &str = include_str!("../static/index.html");
@@ -177,9 +182,18 @@ pub async fn run_with_readiness(
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let readiness_data = web::Data::new(readiness.clone());
-    // One hub for the whole process, started before the servers; workers get its address.
     let metrics = Arc::new(Metrics::new());
-    let hub = HubHandle::start(config.limits.subscriptions(), metrics.clone());
+    // In a cluster, a survivor owes the disconnect notices of a dead node's connections only
+    // when this backend announces ends at all.
+    let announces = config.backend.kind == BackendKind::Http
+        && crate::backend::format_for(&config.backend).announces_disconnects();
+    let cluster = ClusterHandle::new(&config.cluster, announces);
+    // One hub for the whole process, started before the servers; workers get its address.
+    let hub = HubHandle::start(
+        config.limits.subscriptions(),
+        metrics.clone(),
+        cluster.as_ref().map(|(handle, _)| handle.clone()),
+    );
     let hub_data = web::Data::new(hub.clone());
     // Every session holds a guard, cut-off and replaced ones included: shutdown waits for all
     // of them.
@@ -232,6 +246,17 @@ pub async fn run_with_readiness(
     };
     let shared = config.shares_listener();
     let notices = PendingNotices::default();
+    if let Some((_, starter)) = cluster {
+        // The notices of dead nodes' connections go through a backend actor of their own,
+        // on this thread, with the same retries and the same pending count as every notice.
+        let orphans = announces.then(|| {
+            let format = crate::backend::format_for(&config.backend);
+            HttpBackend::new(&config.backend, format, notices.clone(), metrics.clone())
+                .start()
+                .recipient()
+        });
+        starter.start(Box::new(hub.local()), orphans);
+    }
     let relay_format = (config.backend.kind == BackendKind::Http).then_some(config.backend.format);
     let shutdown_timeout = config.shutdown_timeout().as_secs().max(1);
 
@@ -340,6 +365,22 @@ pub async fn run_with_readiness(
     if hub.stats().await.is_ok() {
         readiness.clear(NotReady::Starting);
     }
+    // Clustered: not ready while this node is cut off from the cluster's Redis, so a load
+    // balancer sends new clients to a node that has it.
+    if let Some(cluster) = hub.cluster().cloned() {
+        let readiness = readiness.clone();
+        actix_web::rt::spawn(async move {
+            let mut tick = tokio::time::interval(BROKER_CHECK);
+            loop {
+                tick.tick().await;
+                if cluster.is_connected() {
+                    readiness.clear(NotReady::BrokerDown);
+                } else {
+                    readiness.set(NotReady::BrokerDown);
+                }
+            }
+        });
+    }
 
     // A server that ends on its own (it should not) is noticed: the hub then shuts down as on
     // a signal and the process exits with an error.
@@ -383,6 +424,9 @@ pub async fn run_with_readiness(
     // Stop accepting first, so no new socket arrives while the old ones are being closed.
     ws_handle.pause().await;
     drain(&hub, &config, &notices, &mut sessions_done).await;
+    if let Some(cluster) = hub.cluster() {
+        cluster.leave().await;
+    }
     ws_handle.stop(false).await;
     if ws_ended.is_none() {
         let _ = ws_task.await;

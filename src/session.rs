@@ -403,7 +403,7 @@ impl Actor for Session {
             .hub
             .metrics()
             .disconnected(&self.route.labels, code);
-        self.route.hub.disconnect(self.id.clone(), self.serial);
+        let forgotten = self.route.hub.disconnect(self.id.clone(), self.serial);
         if let Backend::Http { addr, notices, .. } = &self.backend {
             // Exactly once per session: `stopped` runs once, whatever ended the connection.
             // A connection replaced by a newer one with its id sends none: the id lives on.
@@ -415,6 +415,7 @@ impl Actor for Session {
                 key: self.serial,
                 reason: self.close_reason.clone().unwrap_or_else(|| "EOF".into()),
                 notify,
+                forgotten,
             });
         }
         // Dropping the guard tells shutdown this session is over.
@@ -919,6 +920,17 @@ impl Handler<Deliver> for Session {
                     Close::new(
                         close_code::POLICY_VIOLATION,
                         "outbound queue full: client is not reading",
+                    ),
+                );
+            }
+            Outbound::Fenced => {
+                // This node lost its cluster lease: the node that reaps it sends the notice.
+                self.replaced = true;
+                self.close(
+                    ctx,
+                    Close::new(
+                        close_code::SERVICE_RESTART,
+                        "this node lost its cluster; reconnect",
                     ),
                 );
             }

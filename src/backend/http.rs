@@ -41,6 +41,22 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest wait between two tries of a kept disconnect notice: an application back from an
 /// outage hears about the connections that ended meanwhile within this long.
 const NOTICE_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest wait of a notice for the cluster to forget its connection (the cluster answers
+/// within its request timeout; this only bounds a stuck answer).
+const FORGET_WAIT: Duration = Duration::from_secs(10);
+
+/// A tag unique to this process start (32 hex digits): with a session serial it makes the
+/// notice id of that session's disconnect notice, the same whoever sends it (the owner, or in
+/// a cluster the node that reaps a dead one), so a backend can drop a copy.
+pub fn process_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
+/// The notice id of the disconnect notice of session `serial` of the process tagged `tag`.
+pub fn notice_id(tag: &str, serial: u64) -> String {
+    format!("{tag}-{serial}")
+}
 
 /// Backend -> session: what became of a job.
 #[derive(Message, Debug)]
@@ -179,17 +195,24 @@ struct Notice {
     kept: bool,
     /// Whether the warning that it outlived `request_timeout` was logged.
     warned: bool,
+    /// In a cluster: answered once Redis forgot the connection; the first try waits for it.
+    forgotten: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Notice {
-    fn new(mut request: Request) -> Self {
-        request.notice_id = Some(new_notice_id());
+    fn new(
+        mut request: Request,
+        notice_id: String,
+        forgotten: Option<tokio::sync::oneshot::Receiver<()>>,
+    ) -> Self {
+        request.notice_id = Some(notice_id);
         Self {
             request,
             since: Instant::now(),
             backoff: FIRST_BACKOFF,
             kept: false,
             warned: false,
+            forgotten,
         }
     }
 }
@@ -202,7 +225,8 @@ fn new_notice_id() -> String {
 /// The jobs of one connection.
 struct Queue {
     id: ConnectionId,
-    reply_to: Recipient<BackendReply>,
+    /// The session; none for the notice of a connection of a dead cluster node.
+    reply_to: Option<Recipient<BackendReply>>,
     jobs: VecDeque<Job>,
     busy: bool,
 }
@@ -243,6 +267,19 @@ pub struct Closed {
     /// Whether to send the notice; the session counted it in [`PendingNotices`] already.
     /// False when the id lives on in a newer connection (ws2api replacement).
     pub notify: bool,
+    /// In a cluster: answered once Redis forgot the connection; the notice waits for it.
+    pub forgotten: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+/// Cluster -> backend: a connection of a dead node ended unannounced; send its disconnect
+/// notice (reason `EOF`) with the notice id its owner would have used.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Orphaned {
+    /// The connection id.
+    pub id: ConnectionId,
+    /// The notice id (see [`notice_id`]).
+    pub notice_id: String,
 }
 
 /// Upgrade handler -> backend: may this client connect? The format's connect check (ws2api:
@@ -265,6 +302,9 @@ pub struct HttpBackend {
     queues: HashMap<u64, Queue>,
     in_flight: usize,
     notices: PendingNotices,
+    /// The queue key of the next orphaned notice (counting down from `u64::MAX`, where no
+    /// session serial reaches).
+    next_orphan: u64,
 }
 
 impl Actor for HttpBackend {
@@ -315,6 +355,7 @@ impl HttpBackend {
             queues: HashMap::new(),
             in_flight: 0,
             notices,
+            next_orphan: u64::MAX,
         }
     }
 
@@ -372,10 +413,12 @@ impl HttpBackend {
                     id:% = id; "frame refused: backend.max_in_flight ({max}) callouts in flight"
                 );
             }
-            queue.reply_to.do_send(BackendReply::Failed(Close::new(
-                close_code::TRY_AGAIN_LATER,
-                "backend overloaded: too many requests in flight",
-            )));
+            if let Some(reply_to) = &queue.reply_to {
+                reply_to.do_send(BackendReply::Failed(Close::new(
+                    close_code::TRY_AGAIN_LATER,
+                    "backend overloaded: too many requests in flight",
+                )));
+            }
             return self.pump(key, ctx);
         }
         if let Some(queue) = self.queues.get_mut(&key) {
@@ -418,8 +461,8 @@ impl HttpBackend {
                 return;
             };
             queue.busy = false;
-            if let Some(reply) = reply {
-                queue.reply_to.do_send(reply);
+            if let (Some(reply), Some(reply_to)) = (reply, &queue.reply_to) {
+                reply_to.do_send(reply);
             }
             act.pump(key, ctx);
         })
@@ -428,11 +471,12 @@ impl HttpBackend {
 
     /// Try the disconnect notice of an ended connection once; on failure keep it and try again
     /// after a backoff, until `notice_retry` after the connection ended.
-    fn send_notice(&mut self, key: u64, notice: Notice, ctx: &mut Context<Self>) {
+    fn send_notice(&mut self, key: u64, mut notice: Notice, ctx: &mut Context<Self>) {
         let Some(id) = self.queues.get(&key).map(|queue| queue.id.clone()) else {
             return;
         };
         let request = notice.request.clone();
+        let forgotten = notice.forgotten.take();
         if let Some(queue) = self.queues.get_mut(&key) {
             queue.busy = true;
         }
@@ -441,6 +485,10 @@ impl HttpBackend {
         let timeout = self.settings.request_timeout;
         let meter = self.settings.meter.clone();
         async move {
+            if let Some(forgotten) = forgotten {
+                // Redis forgets the connection first, so no reaper can claim it any more.
+                let _ = actix_web::rt::time::timeout(FORGET_WAIT, forgotten).await;
+            }
             let result = attempt(&client, &request, timeout, &meter).await;
             (request, result)
         }
@@ -632,7 +680,7 @@ impl Handler<Open> for HttpBackend {
             msg.key,
             Queue {
                 id: msg.id,
-                reply_to: msg.reply_to,
+                reply_to: Some(msg.reply_to),
                 jobs,
                 busy: false,
             },
@@ -679,7 +727,11 @@ impl Handler<Closed> for HttpBackend {
                 .format
                 .disconnect_notice(&queue.id, &msg.reason)
             {
-                Some(request) => Some(Notice::new(request)),
+                Some(request) => Some(Notice::new(
+                    request,
+                    notice_id(process_tag(), msg.key),
+                    msg.forgotten,
+                )),
                 None => {
                     // Counted by the session, but this format announces nothing.
                     self.notices.done();
@@ -690,6 +742,32 @@ impl Handler<Closed> for HttpBackend {
         };
         queue.jobs.push_back(Job::Finish { notice });
         self.pump(msg.key, ctx);
+    }
+}
+
+impl Handler<Orphaned> for HttpBackend {
+    type Result = ();
+
+    fn handle(&mut self, msg: Orphaned, ctx: &mut Context<Self>) {
+        let Some(request) = self.settings.format.disconnect_notice(&msg.id, "EOF") else {
+            return;
+        };
+        self.notices.add();
+        let key = self.next_orphan;
+        self.next_orphan -= 1;
+        let notice = Notice::new(request, msg.notice_id, None);
+        self.queues.insert(
+            key,
+            Queue {
+                id: msg.id,
+                reply_to: None,
+                jobs: VecDeque::from([Job::Finish {
+                    notice: Some(notice),
+                }]),
+                busy: false,
+            },
+        );
+        self.pump(key, ctx);
     }
 }
 

@@ -326,7 +326,7 @@ mod tests {
             r#"{"id": 1, "jsonrpc": "2.0", "method": "send_data", "params": {"channel": "chat", "data": {"m": 1}}}"#,
             vec![OpOutcome::Published(Delivery {
                 reached: 3,
-                dropped: 0,
+                ..Delivery::default()
             })],
         );
         assert_eq!(

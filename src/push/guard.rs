@@ -139,7 +139,9 @@ impl From<Undelivered> for ApiError {
     fn from(e: Undelivered) -> Self {
         match e {
             Undelivered::UnknownConnection => ApiError::NotFound(e.to_string()),
-            Undelivered::QueueFull => ApiError::Unavailable(e.to_string()),
+            Undelivered::QueueFull
+            | Undelivered::NodeUnreachable
+            | Undelivered::ClusterUnreachable => ApiError::Unavailable(e.to_string()),
         }
     }
 }

@@ -44,6 +44,35 @@ fn bad_configs_name_the_key() {
         &[],
         &["smoke-signals"],
     );
+    // The cluster: a name with a URL, a URL the Redis client reads, timings that let a
+    // lease be renewed.
+    refused(
+        &format!("{listen}[cluster]\nurl = \"redis://127.0.0.1:6379\"\n"),
+        &[],
+        &["cluster.node", "required"],
+    );
+    refused(
+        &format!("{listen}[cluster]\nurl = \"http://127.0.0.1:6379\"\nnode = \"a\"\n"),
+        &[],
+        &["`cluster.url`", "redis://"],
+    );
+    refused(
+        &format!("{listen}[cluster]\nurl = \"redis://127.0.0.1:6379\"\nnode = \"a b\"\n"),
+        &[],
+        &["cluster.node", "a b"],
+    );
+    refused(
+        &format!(
+            "{listen}[cluster]\nurl = \"redis://127.0.0.1:6379\"\nnode = \"a\"\nlease_ms = 1000\nrequest_timeout_ms = 500\n"
+        ),
+        &[],
+        &["cluster.lease_ms", "4 x cluster.request_timeout_ms"],
+    );
+    refused(
+        &format!("{listen}[cluster]\nlease_ms = 0\n"),
+        &[],
+        &["`cluster.lease_ms`", "greater than 0"],
+    );
     // Refused with any backend: 0 would close every connection at its first `subscribe`.
     refused(
         &format!("{listen}[backend]\nmax_pending_per_connection = 0\n"),

@@ -7,7 +7,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::*;
 
-const FOUR_ROUTES: &str = r#"
+/// Every dialect on one hub (the cluster tests run it on each node).
+pub(crate) const FOUR_ROUTES: &str = r#"
 [server]
 page = false
 

@@ -5,6 +5,7 @@
 
 mod browser;
 mod cli;
+mod cluster;
 mod compression;
 mod config;
 mod dialects;

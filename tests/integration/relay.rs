@@ -7,7 +7,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::harness::*;
 use crate::mock_backend::{MockBackend, Received};
 
-fn ws2api_config(backend: &MockBackend, extra_limits: &str) -> String {
+pub(crate) fn ws2api_config(backend: &MockBackend, extra_limits: &str) -> String {
     format!(
         r#"
 [server]
@@ -31,7 +31,7 @@ dialect = "raw"
     )
 }
 
-fn socketdock_config(backend: &MockBackend) -> String {
+pub(crate) fn socketdock_config(backend: &MockBackend) -> String {
     format!(
         r#"
 [server]
