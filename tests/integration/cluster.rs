@@ -923,6 +923,24 @@ async fn a_subscription_that_silently_stops_delivering_is_caught_by_the_probe() 
     assert_eq!(next_json(&mut listener).await["n"], 7, "delivering again");
 }
 
+/// Wait until `/readyz` answers `status`.
+async fn wait_for_readyz(hub: &HubProcess, status: u16) {
+    let start = Instant::now();
+    loop {
+        let reply = get(hub, "/readyz").await;
+        if reply.status == status {
+            return;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "/readyz never answered {status}: {} {}",
+            reply.status,
+            reply.json
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[actix_web::test]
 #[cfg_attr(missing_redis_server, ignore = "redis-server is not installed")]
 async fn a_redis_restart_is_survived_reported_and_seen_in_healthz() {
@@ -973,8 +991,15 @@ async fn a_redis_restart_is_survived_reported_and_seen_in_healthz() {
         unreachable.json
     );
 
+    // A load balancer sends new clients elsewhere meanwhile; liveness stays 200.
+    wait_for_readyz(&hubs[0], 503).await;
+    let ready = get(&hubs[0], "/readyz").await.json;
+    assert_eq!(ready["reasons"], json!(["broker_down"]), "{ready}");
+    assert_eq!(get(&hubs[0], "/healthz").await.status, 200);
+
     let _redis = Redis::start_on(port);
     wait_for_cluster(&[&hubs[0], &hubs[1]], 2).await;
+    wait_for_readyz(&hubs[0], 200).await;
     // Delivery resumes (the far node subscribed again), and the gap was counted.
     let reply = post(
         &hubs[0],
