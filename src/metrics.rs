@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::cluster::ClusterStatus;
 use crate::dialect::DialectKind;
 
 /// Labels of a connection: the route it connected on and its dialect.
@@ -160,6 +161,20 @@ pub struct Metrics {
     hook_questions: Family<HookLabels, Counter>,
     /// Hook answers served from the cache, by hook.
     hook_cache_hits: Family<HookLabel, Counter>,
+    /// In a cluster: 1 while this node is connected to Redis and subscribed, else 0.
+    cluster_connected: Gauge,
+    /// In a cluster: nodes with a fresh heartbeat, this one included.
+    cluster_nodes: Gauge,
+    /// In a cluster: connections of every node, from the heartbeats.
+    cluster_connections: Gauge,
+    /// In a cluster: times the subscription was lost and made again (publication gaps).
+    cluster_gaps: Counter,
+    /// In a cluster: publications of this node that could not be handed to Redis.
+    cluster_publishes_failed: Counter,
+    /// In a cluster: publications of other nodes dropped because this node was behind.
+    cluster_remote_dropped: Counter,
+    /// In a cluster: disconnect notices sent for connections of dead nodes.
+    cluster_notices_reaped: Counter,
 }
 
 /// Buckets for latencies from 100 us to about 26 s.
@@ -288,6 +303,48 @@ impl Metrics {
             "Hook answers served from the cache",
             hook_cache_hits.clone(),
         );
+        let cluster_connected = Gauge::default();
+        registry.register(
+            "cluster_connected",
+            "1 while this node is connected to the cluster's Redis and subscribed (clustered only)",
+            cluster_connected.clone(),
+        );
+        let cluster_nodes = Gauge::default();
+        registry.register(
+            "cluster_nodes",
+            "Nodes with a fresh heartbeat, this one included (clustered only)",
+            cluster_nodes.clone(),
+        );
+        let cluster_connections = Gauge::default();
+        registry.register(
+            "cluster_connections",
+            "Connections of every node, from the heartbeats (clustered only)",
+            cluster_connections.clone(),
+        );
+        let cluster_gaps = Counter::default();
+        registry.register(
+            "cluster_gaps",
+            "Times the Redis subscription was lost and made again: publication gaps",
+            cluster_gaps.clone(),
+        );
+        let cluster_publishes_failed = Counter::default();
+        registry.register(
+            "cluster_publishes_failed",
+            "Publications of this node that could not be handed to Redis",
+            cluster_publishes_failed.clone(),
+        );
+        let cluster_remote_dropped = Counter::default();
+        registry.register(
+            "cluster_remote_dropped",
+            "Publications of other nodes dropped because this node was behind",
+            cluster_remote_dropped.clone(),
+        );
+        let cluster_notices_reaped = Counter::default();
+        registry.register(
+            "cluster_notices_reaped",
+            "Disconnect notices this node sent for connections of dead nodes",
+            cluster_notices_reaped.clone(),
+        );
         Self {
             registry,
             connections,
@@ -308,6 +365,35 @@ impl Metrics {
             callouts_in_flight,
             hook_questions,
             hook_cache_hits,
+            cluster_connected,
+            cluster_nodes,
+            cluster_connections,
+            cluster_gaps,
+            cluster_publishes_failed,
+            cluster_remote_dropped,
+            cluster_notices_reaped,
+        }
+    }
+
+    /// Bring the cluster's figures up to date from its status (read at scrape time: the
+    /// cluster thread keeps its own atomics, so this is never on a hot path).
+    pub fn observe_cluster(&self, status: &ClusterStatus) {
+        let as_gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.cluster_connected
+            .set(i64::from(status.state == "connected" && status.subscribed));
+        self.cluster_nodes.set(as_gauge(status.nodes.len()));
+        self.cluster_connections.set(as_gauge(status.connections));
+        // The cluster's counters only grow; these follow them.
+        for (counter, now) in [
+            (&self.cluster_gaps, status.gaps),
+            (&self.cluster_publishes_failed, status.publishes_failed),
+            (&self.cluster_remote_dropped, status.dropped),
+            (&self.cluster_notices_reaped, status.notices_reaped),
+        ] {
+            let before = counter.get();
+            if now > before {
+                counter.inc_by(now - before);
+            }
         }
     }
 

@@ -33,13 +33,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// `GET /metrics`: every metric in the Prometheus text exposition format.
 pub async fn metrics(_: Authorized, hub: web::Data<HubHandle>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type(OPENMETRICS)
-        .body(hub.metrics().encode())
+    scrape(hub).await
 }
 
-/// `GET /metrics` on the scrape-only listener (`metrics.listen`): no token, nothing else served.
+/// `GET /metrics` on the scrape-only listener (`push.metrics_listen`): no token, nothing else
+/// served.
 pub async fn scrape(hub: web::Data<HubHandle>) -> HttpResponse {
+    if let Some(cluster) = hub.cluster() {
+        hub.metrics().observe_cluster(&cluster.status());
+    }
     HttpResponse::Ok()
         .content_type(OPENMETRICS)
         .body(hub.metrics().encode())
@@ -78,17 +80,44 @@ pub async fn data(_: Authorized, hub: web::Data<HubHandle>) -> Result<HttpRespon
             .then_with(|| a.name.cmp(&b.name))
     });
     channels.truncate(TOP_CHANNELS);
-    let node = format!("pid {}", std::process::id());
+    let here = json!({
+        "connections": totals.connections,
+        "channels": stats.channels,
+        "deliveries": totals.deliveries,
+        "dropped": totals.dropped,
+    });
+    // Clustered: a row per node from the heartbeats (this node's own row has its live
+    // figures); the channel list is this node's.
+    let (node, nodes) = match hub.cluster() {
+        Some(cluster) => {
+            let status = cluster.status();
+            let rows = status
+                .nodes
+                .iter()
+                .map(|n| {
+                    if n.node == status.node {
+                        let mut row = here.clone();
+                        row["name"] = json!(n.node);
+                        row
+                    } else {
+                        json!({"name": n.node, "connections": n.connections,
+                            "channels": n.channels, "heartbeat_age_ms": n.age_ms})
+                    }
+                })
+                .collect::<Vec<_>>();
+            (status.node, rows)
+        }
+        None => {
+            let name = format!("pid {}", std::process::id());
+            let mut row = here;
+            row["name"] = json!(name);
+            (name, vec![row])
+        }
+    };
     Ok(HttpResponse::Ok().json(json!({
         "node": node,
         "totals": totals,
         "channels": {"count": count, "top": channels},
-        "nodes": [{
-            "name": node,
-            "connections": totals.connections,
-            "channels": stats.channels,
-            "deliveries": totals.deliveries,
-            "dropped": totals.dropped,
-        }],
+        "nodes": nodes,
     })))
 }

@@ -1016,6 +1016,17 @@ async fn a_redis_restart_is_survived_reported_and_seen_in_healthz() {
     assert_eq!(next_json(&mut near).await["n"], 2);
     let health = get(&hubs[1], "/healthz").await.json;
     assert!(health["cluster"]["gaps"].as_u64().unwrap() >= 1, "{health}");
+    // The same figures in the metrics, for a scraper.
+    let scraped = String::from_utf8(get(&hubs[1], "/metrics").await.body).unwrap();
+    let sample = |name: &str| -> f64 {
+        scraped
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{scraped}"))
+    };
+    assert!(sample("switchboard_cluster_gaps_total") >= 1.0);
+    assert_eq!(sample("switchboard_cluster_connected"), 1.0);
+    assert_eq!(sample("switchboard_cluster_nodes"), 2.0);
     let health = get(&hubs[0], "/healthz").await.json;
     assert!(
         health["cluster"]["publishes_failed"].as_u64().unwrap() >= 1,
