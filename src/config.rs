@@ -16,8 +16,8 @@ use serde::{Deserialize, Deserializer};
 
 use crate::channel::MAX_CHANNEL_LEN;
 use crate::dialect::DialectKind;
-use crate::hub::SubscriptionLimits;
 use crate::origin::{HostPolicy, OriginRule, PatternError};
+use crate::registry::SubscriptionLimits;
 
 /// The whole configuration file. Every section is optional; a missing section takes its defaults.
 #[derive(Debug, Clone, Deserialize)]

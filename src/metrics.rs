@@ -14,7 +14,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::cluster::ClusterStatus;
 use crate::dialect::DialectKind;
 
 /// Labels of a connection: the route it connected on and its dialect.
@@ -375,13 +374,12 @@ impl Metrics {
         }
     }
 
-    /// Bring the cluster's figures up to date from its status (read at scrape time: the
+    /// Bring the cluster's figures up to date (read from its status at scrape time: the
     /// cluster thread keeps its own atomics, so this is never on a hot path).
-    pub fn observe_cluster(&self, status: &ClusterStatus) {
+    pub fn observe_cluster(&self, status: &ClusterFigures) {
         let as_gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        self.cluster_connected
-            .set(i64::from(status.state == "connected" && status.subscribed));
-        self.cluster_nodes.set(as_gauge(status.nodes.len()));
+        self.cluster_connected.set(i64::from(status.connected));
+        self.cluster_nodes.set(as_gauge(status.nodes));
         self.cluster_connections.set(as_gauge(status.connections));
         // The cluster's counters only grow; these follow them.
         for (counter, now) in [
@@ -523,6 +521,25 @@ impl Metrics {
             dropped: self.dropped.get(),
         }
     }
+}
+
+/// The cluster's figures as its status gives them (clustered nodes only).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterFigures {
+    /// Connected to Redis and subscribed.
+    pub connected: bool,
+    /// Nodes with a fresh heartbeat, this one included.
+    pub nodes: usize,
+    /// Connections of every node, from the heartbeats.
+    pub connections: usize,
+    /// Times the subscription was lost and made again.
+    pub gaps: u64,
+    /// Publications of this node that could not be handed to Redis.
+    pub publishes_failed: u64,
+    /// Publications of other nodes dropped because this node was behind.
+    pub dropped: u64,
+    /// Disconnect notices sent for connections of dead nodes.
+    pub notices_reaped: u64,
 }
 
 /// Process totals, for the dashboard.

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::guard::{Allowed, ApiError, Authorized};
 use crate::hub::HubHandle;
+use crate::metrics::ClusterFigures;
 
 /// The dashboard page.
 const PAGE: &str = include_str!("../../static/dashboard.html");
@@ -40,7 +41,16 @@ pub async fn metrics(_: Authorized, hub: web::Data<HubHandle>) -> HttpResponse {
 /// served.
 pub async fn scrape(hub: web::Data<HubHandle>) -> HttpResponse {
     if let Some(cluster) = hub.cluster() {
-        hub.metrics().observe_cluster(&cluster.status());
+        let status = cluster.status();
+        hub.metrics().observe_cluster(&ClusterFigures {
+            connected: status.state == "connected" && status.subscribed,
+            nodes: status.nodes.len(),
+            connections: status.connections,
+            gaps: status.gaps,
+            publishes_failed: status.publishes_failed,
+            dropped: status.dropped,
+            notices_reaped: status.notices_reaped,
+        });
     }
     HttpResponse::Ok()
         .content_type(OPENMETRICS)
