@@ -613,47 +613,33 @@ pub enum LogFormat {
 
 fn default_routes() -> Vec<RouteConfig> {
     vec![
-        RouteConfig {
-            path: "/ws".to_owned(),
-            dialect: DialectKind::Raw,
-            strict: false,
-            client_publish: false,
-            xrf_cookie: None,
-            accept_url: None,
-            allowed_origins: None,
-            require_origin: None,
-            accept_token: None,
-            accept_token_file: None,
-            resolved_accept_token: None,
-            compression: false,
-            compression_threshold: default_compression_threshold(),
-            compression_level: default_compression_level(),
-            server_no_context_takeover: true,
-            client_no_context_takeover: true,
-            server_max_window_bits: default_window_bits(),
-            client_max_window_bits: default_window_bits(),
-        },
-        RouteConfig {
-            path: "/rpc".to_owned(),
-            dialect: DialectKind::JsonRpc,
-            strict: false,
-            client_publish: false,
-            xrf_cookie: None,
-            accept_url: None,
-            allowed_origins: None,
-            require_origin: None,
-            accept_token: None,
-            accept_token_file: None,
-            resolved_accept_token: None,
-            compression: false,
-            compression_threshold: default_compression_threshold(),
-            compression_level: default_compression_level(),
-            server_no_context_takeover: true,
-            client_no_context_takeover: true,
-            server_max_window_bits: default_window_bits(),
-            client_max_window_bits: default_window_bits(),
-        },
+        default_route("/ws", DialectKind::Raw),
+        default_route("/rpc", DialectKind::JsonRpc),
     ]
+}
+
+/// A route on `path` speaking `dialect`, every other key at its default.
+fn default_route(path: &str, dialect: DialectKind) -> RouteConfig {
+    RouteConfig {
+        path: path.to_owned(),
+        dialect,
+        strict: false,
+        client_publish: false,
+        xrf_cookie: None,
+        accept_url: None,
+        allowed_origins: None,
+        require_origin: None,
+        accept_token: None,
+        accept_token_file: None,
+        resolved_accept_token: None,
+        compression: false,
+        compression_threshold: default_compression_threshold(),
+        compression_level: default_compression_level(),
+        server_no_context_takeover: true,
+        client_no_context_takeover: true,
+        server_max_window_bits: default_window_bits(),
+        client_max_window_bits: default_window_bits(),
+    }
 }
 
 /// A socket address read from a string such as `127.0.0.1:8080`, with an error that says so.

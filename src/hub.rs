@@ -113,6 +113,14 @@ pub struct Listing<T> {
     pub cluster: Option<Coverage>,
 }
 
+/// [`everywhere`] for a listing.
+async fn listing<T>(
+    listed: impl Future<Output = Result<(Vec<T>, Option<Coverage>), HubUnavailable>>,
+) -> Result<Listing<T>, HubUnavailable> {
+    let (items, cluster) = listed.await?;
+    Ok(Listing { items, cluster })
+}
+
 /// A local send or close, and when this node does not hold the connection, the same through
 /// the cluster on the node that does.
 async fn elsewhere<F: Future<Output = Result<Result<(), Undelivered>, RemoteError>>>(
@@ -384,10 +392,7 @@ impl HubHandle {
             Question::Connections,
             |cluster, local, surveyed| cluster.merge_connections(local, surveyed),
         );
-        async move {
-            let (items, cluster) = listed.await?;
-            Ok(Listing { items, cluster })
-        }
+        listing(listed)
     }
 
     /// Every channel of the cluster with its members summed over the nodes, sorted by name.
@@ -400,10 +405,7 @@ impl HubHandle {
             Question::Channels,
             |cluster, local, surveyed| cluster.merge_channels(local, surveyed),
         );
-        async move {
-            let (items, cluster) = listed.await?;
-            Ok(Listing { items, cluster })
-        }
+        listing(listed)
     }
 
     /// Members of `channel` (or connections in any channel) summed over the cluster.
@@ -451,10 +453,7 @@ impl HubHandle {
                 local
             },
         );
-        async move {
-            let (items, cluster) = listed.await?;
-            Ok(Listing { items, cluster })
-        }
+        listing(listed)
     }
 
     /// Every connection, sorted by id.
@@ -715,12 +714,18 @@ impl Hub {
         self.couriers.get(link.worker).and_then(Option::as_ref)
     }
 
+    /// Links grouped by the worker their session runs on, in worker order.
+    fn by_worker<'a>(&self, links: impl Iterator<Item = &'a Arc<Link>>) -> Vec<Vec<Arc<Link>>> {
+        let mut batches: Vec<Vec<Arc<Link>>> = vec![Vec::new(); self.couriers.len()];
+        for link in links {
+            batches[link.worker].push(link.clone());
+        }
+        batches
+    }
+
     /// Tell every member something beyond its backlog, one message per worker.
     fn tell_all(&self, outbound: &Outbound) {
-        let mut batches: Vec<Vec<Arc<Link>>> = vec![Vec::new(); self.couriers.len()];
-        for (_, member) in self.registry.members() {
-            batches[member.link.worker].push(member.link.clone());
-        }
+        let batches = self.by_worker(self.registry.members().map(|(_, member)| &member.link));
         for (batch, courier) in batches.into_iter().zip(&self.couriers) {
             if let (Some(courier), false) = (courier, batch.is_empty()) {
                 courier.tell(batch, outbound.clone());
@@ -731,12 +736,12 @@ impl Hub {
     /// Send one publication to many connections: one [`Fanout`] per worker thread with the
     /// links of its recipients. The couriers deliver and report; the hub does not wait.
     fn fan_out(&mut self, targets: &[ConnectionId], publication: Publication) -> Fanning {
-        let mut batches: Vec<Vec<Arc<Link>>> = vec![Vec::new(); self.couriers.len()];
-        for id in targets {
-            if let Some(member) = self.registry.get(id) {
-                batches[member.link.worker].push(member.link.clone());
-            }
-        }
+        let batches = self.by_worker(
+            targets
+                .iter()
+                .filter_map(|id| self.registry.get(id))
+                .map(|member| &member.link),
+        );
         let publication = Arc::new(publication);
         let mut reports = Vec::new();
         for (batch, courier) in batches.into_iter().zip(&self.couriers) {
