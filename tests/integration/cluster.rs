@@ -838,6 +838,86 @@ async fn a_node_cut_off_past_its_lease_closes_its_sockets_before_any_survivor_no
 
 #[actix_web::test]
 #[cfg_attr(missing_redis_server, ignore = "redis-server is not installed")]
+async fn a_reaper_holds_off_for_a_lease_after_its_own_outage() {
+    // A lease long enough that a one-second cut-off never fences the watcher.
+    let lease = Duration::from_millis(4000);
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.addr()).await;
+    let backend = MockBackend::start();
+    let prefix = prefix();
+    let base = socketdock_config(&backend);
+    let section = |addr: SocketAddr, node: &str| {
+        cluster_section(addr, node, &prefix).replace("lease_ms = 3200", "lease_ms = 4000")
+    };
+    let watcher = start(&format!("{base}{}", section(proxy.addr, "watcher")));
+    let mut doomed = start(&format!("{base}{}", section(redis.addr(), "doomed")));
+    wait_for_cluster(&[&watcher, &doomed], 2).await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(connect(&doomed.ws_url("/ws")).await);
+    }
+    let ids = wait_for_connections(&doomed, 5).await;
+    let mut bystander = connect(&watcher.ws_url("/ws")).await;
+    wait_local(&watcher, 1).await;
+
+    // The watcher loses Redis and, meanwhile, the other node dies: by the time the watcher is
+    // back, the dead node's lease has expired or is about to.
+    proxy.set_cut(true);
+    assert!(Command::new("kill")
+        .args(["-KILL", &doomed.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    doomed.wait_exit();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    proxy.set_cut(false);
+    let restored = Instant::now();
+
+    backend
+        .wait_for("5 notices from the watcher", |r| {
+            r.iter().filter(|r| r.path == "/sd/disconnect").count() >= 5
+        })
+        .await;
+    let got = notices(&backend);
+    let first = got.iter().map(|(_, _, at)| *at).min().unwrap();
+    // Without the hold-off the dead run is reaped as soon as its lease expires (at most a
+    // lease after the kill, before `restored + lease`); with it, no earlier than a lease of
+    // renewals after the watcher's own outage ended.
+    assert!(
+        first >= restored + lease,
+        "the first notice came {:?} after Redis was back, before a whole lease ({lease:?})",
+        first - restored
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut noticed: Vec<String> = notices(&backend).into_iter().map(|(id, _, _)| id).collect();
+    noticed.sort();
+    assert_eq!(
+        noticed, ids,
+        "exactly one notice per connection of the dead node"
+    );
+    assert_eq!(watcher.log().matches("dead run").count(), 5);
+    // The watcher itself never fenced: its own client is still served.
+    assert!(!watcher.log().contains("fenced"), "{}", watcher.log());
+    bystander.send(Message::Ping(vec![1].into())).await.unwrap();
+    loop {
+        let message = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut bystander))
+            .await
+            .expect("an answer to the ping")
+            .expect("the connection is open")
+            .unwrap();
+        match message {
+            Message::Pong(payload) => {
+                assert_eq!(&payload[..], &[1]);
+                break;
+            }
+            Message::Close(close) => panic!("the watcher closed its client: {close:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[actix_web::test]
+#[cfg_attr(missing_redis_server, ignore = "redis-server is not installed")]
 async fn a_node_paused_past_its_lease_closes_the_sockets_that_were_reaped() {
     let redis = Redis::start();
     let backend = MockBackend::start();
