@@ -197,6 +197,9 @@ struct Notice {
     warned: bool,
     /// In a cluster: answered once Redis forgot the connection; the first try waits for it.
     forgotten: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// A reaped connection's notice: told once the notice is settled (delivered, refused or
+    /// given up on), so that the reaper can strike it from what it still owes.
+    settled: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Notice {
@@ -213,6 +216,7 @@ impl Notice {
             kept: false,
             warned: false,
             forgotten,
+            settled: None,
         }
     }
 }
@@ -280,6 +284,9 @@ pub struct Orphaned {
     pub id: ConnectionId,
     /// The notice id (see [`notice_id`]).
     pub notice_id: String,
+    /// Told once the notice is settled: delivered, refused by the application, or given up
+    /// on (dropping it unsent, when the format sends no disconnect notice, tells as much).
+    pub settled: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Upgrade handler -> backend: may this client connect? The format's connect check (ws2api:
@@ -496,10 +503,10 @@ impl HttpBackend {
         .map(move |(request, result), act, ctx| {
             act.in_flight -= 1;
             match result {
-                Ok(_) => act.finish_notice(key, &notice),
+                Ok(_) => act.finish_notice(key, notice),
                 Err(BackendError::Refused(status)) => {
                     log::warn!(id:% = id; "{request}: backend answered {status}; not retried");
-                    act.finish_notice(key, &notice);
+                    act.finish_notice(key, notice);
                 }
                 Err(e) => act.retry_notice(key, notice, &request, e, ctx),
             }
@@ -508,7 +515,10 @@ impl HttpBackend {
     }
 
     /// A notice was delivered (or refused by the application): forget it and its queue.
-    fn finish_notice(&mut self, key: u64, notice: &Notice) {
+    fn finish_notice(&mut self, key: u64, notice: Notice) {
+        if let Some(settled) = notice.settled {
+            let _ = settled.send(());
+        }
         if notice.kept {
             self.notices.release();
         }
@@ -549,7 +559,7 @@ impl HttpBackend {
             log::warn!(
                 id:% = id; "disconnect notice dropped: {request}: {error}; {why}; {dropped} notice(s) dropped since start"
             );
-            self.finish_notice(key, &notice);
+            self.finish_notice(key, notice);
             return;
         }
         notice.kept = true;
@@ -755,7 +765,8 @@ impl Handler<Orphaned> for HttpBackend {
         self.notices.add();
         let key = self.next_orphan;
         self.next_orphan -= 1;
-        let notice = Notice::new(request, msg.notice_id, None);
+        let mut notice = Notice::new(request, msg.notice_id, None);
+        notice.settled = Some(msg.settled);
         self.queues.insert(
             key,
             Queue {

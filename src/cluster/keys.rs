@@ -95,6 +95,13 @@ impl Keys {
         format!("{}:live:{run}", self.prefix)
     }
 
+    /// Hash of the disconnect notices one run took over from the runs it reaped and has not
+    /// settled yet: `{origin run} {serial}` -> id. When that run dies too, its reaper takes
+    /// them over in turn, so a reaper's crash never loses a notice.
+    pub(crate) fn owed(&self, run: &str) -> String {
+        format!("{}:owed:{run}", self.prefix)
+    }
+
     /// The directory entry of one connection id: `run:serial` of its owner.
     pub(crate) fn connection(&self, id: &ConnectionId) -> String {
         format!("{}:conn:{id}", self.prefix)

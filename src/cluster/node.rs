@@ -238,6 +238,31 @@ fn bytes(value: Option<&redis::Value>) -> Option<&[u8]> {
     }
 }
 
+/// Strike settled notices off the owed hash `key`. Those that cannot be struck off stay owed:
+/// if the run dies, its reaper sends them again, with the same notice ids.
+async fn strike_owed(
+    mut conn: ConnectionManager,
+    key: &str,
+    fields: Vec<String>,
+    timeout: Duration,
+) {
+    for chunk in fields.chunks(PUBLISH_BATCH) {
+        let struck = tokio::time::timeout(
+            timeout,
+            redis::cmd("HDEL")
+                .arg(key)
+                .arg(chunk)
+                .query_async::<()>(&mut conn),
+        )
+        .await;
+        if !matches!(struck, Ok(Ok(()))) {
+            log::warn!(
+                "cluster: settled notices not struck off; they are sent again if this run dies"
+            );
+        }
+    }
+}
+
 /// The process tag of a run id (`{tag}.{generation}`).
 fn tag_of(run: &str) -> &str {
     run.split('.').next().unwrap_or(run)
@@ -1512,29 +1537,55 @@ impl Node {
             }
         };
         let mut sent = 0u64;
+        // What this run now owes: settled notices are struck off, the others stay owed and
+        // are sent by whoever reaps this run if it dies first.
+        let mut unsent = Vec::new();
+        let mut settling = Vec::new();
         for entry in claimed.chunks(3) {
             let [run, id, serial] = entry else { continue };
             if id.is_empty() {
                 log::warn!("cluster: reaped run {run} (its lease expired or this node restarted under its name)");
                 continue;
             }
+            let field = format!("{run} {serial}");
             let (Ok(id), Ok(serial)) = (ConnectionId::parse(id), serial.parse::<u64>()) else {
+                unsent.push(field);
                 continue;
             };
             let Some(orphans) = &self.orphans else {
+                unsent.push(field);
                 continue;
             };
             log::info!("id={id} disconnect notice for a connection of dead run {run}");
+            let (settled, done) = tokio::sync::oneshot::channel();
             orphans.do_send(Orphaned {
                 id,
                 notice_id: notice_id(tag_of(run), serial),
+                settled,
             });
+            settling.push((field, done));
             sent += 1;
         }
         self.shared
             .status
             .notices_reaped
             .fetch_add(sent, Ordering::Relaxed);
+        let key = self.keys().owed(&me);
+        let (conn, timeout) = (self.conn(), self.settings().timeout * 2);
+        // Nothing here can send these (malformed, or no backend with notices): not owed.
+        strike_owed(conn.clone(), &key, unsent, timeout).await;
+        if !settling.is_empty() {
+            tokio::task::spawn_local(async move {
+                let mut settled = Vec::new();
+                for (field, done) in settling {
+                    // A notice dropped unsent (the backend stopped) stays owed.
+                    if done.await.is_ok() {
+                        settled.push(field);
+                    }
+                }
+                strike_owed(conn, &key, settled, timeout).await;
+            });
+        }
     }
 
     async fn sweep_loop(self: Rc<Self>) {

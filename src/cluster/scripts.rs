@@ -57,14 +57,24 @@ return 1
 /// live hash, in one step, so exactly one node claims it. For each of its connections whose
 /// directory entry still names that session (or is gone), the entry is removed and, when it
 /// is announced, (run, id, serial) is returned for its notice; an id now held by another
-/// session (it reconnected elsewhere) is skipped.
+/// session (it reconnected elsewhere) is skipped. The notices a claimed run still owed (from
+/// runs it had reaped itself) are returned too, with the run and serial they came from.
+/// Every notice returned is owed by this run (`owed:{ARGV[2]}`) until the reaper settles it,
+/// so that, if the reaper dies first, whoever reaps it sends them.
 /// ARGV: prefix, this run, forced run or ''. Returns a flat list run, id, serial, ... and
 /// the claimed runs at the end as 'run:' entries with id '' and serial ''.
 pub(crate) static REAP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local p = ARGV[1]
+local mine_owed = p .. ':owed:' .. ARGV[2]
 local out = {}
+local function owe(run, id, serial)
+  redis.call('HSET', mine_owed, run .. ' ' .. serial, id)
+  table.insert(out, run)
+  table.insert(out, id)
+  table.insert(out, serial)
+end
 local runs = redis.call('HGETALL', p .. ':runs')
 for i = 1, #runs, 2 do
   local run = runs[i]
@@ -88,10 +98,14 @@ for i = 1, #runs, 2 do
       local mine = (owner == run .. ':' .. serial)
       if mine then redis.call('DEL', key) end
       if (mine or not owner) and string.sub(v, 1, 1) == 'n' then
-        table.insert(out, run)
-        table.insert(out, id)
-        table.insert(out, serial)
+        owe(run, id, serial)
       end
+    end
+    local owed = redis.call('HGETALL', p .. ':owed:' .. run)
+    redis.call('DEL', p .. ':owed:' .. run)
+    for j = 1, #owed, 2 do
+      local origin, serial = string.match(owed[j], '^(%S+) (%S+)$')
+      if origin then owe(origin, owed[j + 1], serial) end
     end
     table.insert(out, run)
     table.insert(out, '')

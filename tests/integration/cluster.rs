@@ -838,6 +838,95 @@ async fn a_node_cut_off_past_its_lease_closes_its_sockets_before_any_survivor_no
 
 #[actix_web::test]
 #[cfg_attr(missing_redis_server, ignore = "redis-server is not installed")]
+async fn notices_a_reaper_claimed_but_died_before_delivering_are_sent_by_the_next_reaper() {
+    let redis = Redis::start();
+    let backend = MockBackend::start();
+    let prefix = prefix();
+    let mut hubs = nodes(&socketdock_config(&backend), redis.addr(), 3, &prefix);
+    wait_for_cluster(&hubs.iter().collect::<Vec<_>>(), 3).await;
+    let mut doomed = Vec::new();
+    for _ in 0..5 {
+        doomed.push(connect(&hubs[0].ws_url("/ws")).await);
+    }
+    let mut ids = wait_for_connections(&hubs[0], 5).await;
+    ids.sort();
+    let kill = |hub: &HubProcess| {
+        assert!(Command::new("kill")
+            .args(["-KILL", &hub.pid().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+
+    // The application is down: the reaper claims the dead node's run but cannot deliver.
+    backend.set_outage(true);
+    kill(&hubs[0]);
+    hubs[0].wait_exit();
+    let start = Instant::now();
+    let reaper = loop {
+        if let Some(i) = (1..3).find(|&i| hubs[i].log().matches("dead run").count() == 5) {
+            break i;
+        }
+        assert!(
+            start.elapsed() < WAIT * 2,
+            "no survivor claimed the dead run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    backend
+        .wait_for("the reaper's first tries", |r| {
+            r.iter().any(|r| r.path == "/sd/disconnect" && r.failed)
+        })
+        .await;
+    let tried: std::collections::HashMap<String, String> = notices(&backend)
+        .into_iter()
+        .map(|(id, notice, _)| (id, notice))
+        .collect();
+    // The reaper dies before any notice got through; then the application is back.
+    kill(&hubs[reaper]);
+    hubs[reaper].wait_exit();
+    backend.set_outage(false);
+
+    let delivered = |r: &[crate::mock_backend::Received]| {
+        let mut ids: Vec<String> = r
+            .iter()
+            .filter(|r| r.path == "/sd/disconnect" && !r.failed)
+            .map(|r| r.json()["connection_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    let got = backend
+        .wait_for("the notices delivered by the last survivor", |r| {
+            delivered(r).len() >= 5
+        })
+        .await;
+    assert_eq!(
+        delivered(&got),
+        ids,
+        "every connection of the first dead node"
+    );
+    let survivor = 3 - reaper;
+    assert_eq!(
+        hubs[survivor].log().matches("dead run").count(),
+        5,
+        "sent by the survivor that reaped the reaper"
+    );
+    // The same notice ids as the dead reaper's tries: a backend that saw one drops the copy.
+    for r in got
+        .iter()
+        .filter(|r| r.path == "/sd/disconnect" && !r.failed)
+    {
+        let id = r.json()["connection_id"].as_str().unwrap().to_owned();
+        if let Some(first) = tried.get(&id) {
+            assert_eq!(r.header("switchboard-notice-id"), Some(first.as_str()));
+        }
+    }
+}
+
+#[actix_web::test]
+#[cfg_attr(missing_redis_server, ignore = "redis-server is not installed")]
 async fn a_reaper_holds_off_for_a_lease_after_its_own_outage() {
     // A lease long enough that a one-second cut-off never fences the watcher.
     let lease = Duration::from_millis(4000);
@@ -898,7 +987,7 @@ async fn a_reaper_holds_off_for_a_lease_after_its_own_outage() {
     assert_eq!(watcher.log().matches("dead run").count(), 5);
     // The watcher itself never fenced: its own client is still served.
     assert!(!watcher.log().contains("fenced"), "{}", watcher.log());
-    bystander.send(Message::Ping(vec![1].into())).await.unwrap();
+    bystander.send(Message::Ping(vec![1])).await.unwrap();
     loop {
         let message = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut bystander))
             .await
