@@ -10,7 +10,7 @@ sockudo with its Redis adapter beside them.
 Cells, each on fresh processes (release binaries, `cargo build --release --workspace`):
 - hold: --nodes x --per-node JSON-RPC subscribers of channel "bench", all open at once (one
   loadgen `fanout` over every node's URL, --await-ack, --rss-of every hub): (a) RSS per
-  connection over all hubs, (c) --probes publishes on node 1, 1 s apart, each to every
+  connection over all hubs, (c) --probes publishes on node 1, 5 s apart, each to every
   subscriber, time to the last delivery (median and max).
 - latency: (b) cross-node publish -> delivery at 100 publishes/s: --lat-subs subscribers of
   channel "lat" on the last node, the publishes POSTed to the first node, while the rest of the
@@ -273,6 +273,7 @@ class Holder:
         log("$", " ".join(self.cmd), "&")
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, start_new_session=True)
+        harness.LIVE[self.proc.pid] = "loadgen-holder"
         connected = threading.Event()
         self.line = None
 
@@ -298,6 +299,7 @@ class Holder:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        harness.LIVE.pop(self.proc.pid, None)
 
 
 def rss_pids(pids):
@@ -307,20 +309,22 @@ def rss_pids(pids):
     return out
 
 
-def hold(make, nodes, per_node, probes=5, connect_rate=10000, server="switchboard"):
+def hold(make, nodes, per_node, probes=5, connect_rate=10000, server="switchboard",
+         probe_ms=5000):
     """(a) and (c): nodes x per_node subscribers of "bench" at once, then `probes` publishes on
-    node 1, 1 s apart."""
+    node 1, `probe_ms` apart (5 s: one publish to 114,000 took 2.7 s here, and publishes 1 s
+    apart queued behind each other, which the last-delivery times then included)."""
     with make(nodes) as c:
         redis_before = harness.tree_rss_kib(c.redis.proc.pid)
         r = loadgen("fanout", ["--url", ",".join(c.urls()), "--conns", str(nodes * per_node),
                                "--connect-rate", str(connect_rate), "--connect-timeout", "60",
                                *c.subscribe_args("bench"), *c.publish_args(0, "bench"),
-                               "--probes", str(probes), "--probe-interval-ms", "1000",
+                               "--probes", str(probes), "--probe-interval-ms", str(probe_ms),
                                "--rate", "0", *rss_pids(c.pids), "--label", server])
         r["redis_rss_before_kib"] = redis_before
         r["redis_rss_after_kib"] = harness.tree_rss_kib(c.redis.proc.pid)
     r.update({"cell": "hold", "server": server, "nodes": nodes, "per_node": per_node,
-              "publish_node": 0})
+              "publish_node": 0, "probe_interval_ms": probe_ms})
     return r
 
 
@@ -440,7 +444,8 @@ def cells(args):
     out = []
     if "hold" in args.cells:
         out.append(("hold", "switchboard",
-                    lambda: hold(Cluster, args.nodes, args.per_node, args.probes)))
+                    lambda: hold(Cluster, args.nodes, args.per_node, args.probes,
+                                 probe_ms=args.probe_ms)))
     if "latency" in args.cells:
         out.append(("latency", "switchboard",
                     lambda: latency(Cluster, args.nodes, args.per_node, args.lat_subs,
@@ -450,7 +455,7 @@ def cells(args):
     if "sockudo-redis" in args.cells:
         out.append(("hold", "sockudo-redis", lambda: hold(
             SockudoCluster, args.sockudo_nodes, args.sockudo_per_node, args.probes,
-            connect_rate=5000, server="sockudo-redis")))
+            connect_rate=5000, server="sockudo-redis", probe_ms=args.probe_ms)))
         out.append(("latency", "sockudo-redis", lambda: latency(
             SockudoCluster, args.sockudo_nodes, args.sockudo_per_node, args.lat_subs,
             held=not args.latency_alone, connect_rate=5000, server="sockudo-redis")))
@@ -465,7 +470,9 @@ def parser(quick=False):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nodes", type=int, default=2 if quick else 6)
     p.add_argument("--per-node", type=int, default=500 if quick else 19000)
-    p.add_argument("--probes", type=int, default=5, help="publishes to everyone, 1 s apart")
+    p.add_argument("--probes", type=int, default=5, help="publishes to everyone")
+    p.add_argument("--probe-ms", type=int, default=1000 if quick else 5000,
+                   help="milliseconds between those publishes")
     p.add_argument("--lat-subs", type=int, default=100 if quick else 1000,
                    help="subscribers of the 100 publishes/s latency cell (on the last node)")
     p.add_argument("--latency-alone", action="store_true",

@@ -439,10 +439,12 @@ def proc_tree_jiffies(pids):
 
 
 def own_jiffies():
-    """CPU time of the live servers and of this harness's reaped children (loadgen, its workers)."""
+    """CPU time of the live servers (and bench/cluster.py's background loadgens), of this
+    harness's reaped children (loadgen, its workers) and of the harness itself."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    me = resource.getrusage(resource.RUSAGE_SELF)  # the cluster cells' notice receiver
     hz = os.sysconf("SC_CLK_TCK")
-    return proc_tree_jiffies(LIVE) + (ru.ru_utime + ru.ru_stime) * hz
+    return proc_tree_jiffies(LIVE) + (ru.ru_utime + ru.ru_stime + me.ru_utime + me.ru_stime) * hz
 
 
 def loadavg():
@@ -1084,7 +1086,7 @@ def cluster_section(bench):
            "app and limits of the sockudo row above), both over one redis-server on this machine, "
            "with the load generator on the same cores. (a) RSS of every server process after all "
            "connections are open (2 s of settling) minus before, per connection; (c) 5 publishes "
-           "1 s apart on node 1, each to every subscriber of every node, time to the last delivery; "
+           "5 s apart (1 s with --quick) on node 1, each to every subscriber of every node, time to the last delivery; "
            "(b) the 100 publishes/s phase (10 s) to the subscribers of the last node, per-delivery "
            "latency, while the other connections are held open and subscribed to another channel "
            "(100/s to all 114,000 would be 11.4 million deliveries/s, beyond two cores); (d) SIGKILL "
