@@ -212,20 +212,38 @@ class SockudoCluster:
 
     def __enter__(self):
         self.redis = Redis().__enter__()
-        self.procs = []
+        self.procs, self.logs = [], []
         for i in range(self.nodes):
             env = harness.sockudo_env(SOCKUDO_BASE + i)
-            env.update({"ADAPTER_DRIVER": "redis", "REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/",
+            # A Redis adapter needs the Redis cache too: sockudo refuses to start otherwise
+            # ("clustered Ably compatibility and idempotency require cache.driver=redis").
+            env.update({"ADAPTER_DRIVER": "redis", "CACHE_DRIVER": "redis",
+                        "REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/",
                         "DATABASE_REDIS_HOST": "127.0.0.1", "DATABASE_REDIS_PORT": str(REDIS_PORT),
                         "INSTANCE_PROCESS_ID": f"bench-{i}"})
-            logf = open(os.path.join(tempfile.gettempdir(), f"bench-sockudo-redis-{i}.log"), "w")
+            self.logs.append(os.path.join(tempfile.gettempdir(), f"bench-sockudo-redis-{i}.log"))
+            logf = open(self.logs[-1], "w")
             proc = subprocess.Popen([self.exe], cwd=tempfile.mkdtemp(prefix="bench-sockudo-"),
                                     env=dict(os.environ, **env), stdout=logf,
                                     stderr=subprocess.STDOUT)
             harness.LIVE[proc.pid] = f"sockudo-redis-{i}"
             self.procs.append(proc)
-        for i in range(self.nodes):
-            wait_port(SOCKUDO_BASE + i, timeout=60)
+        for i, proc in enumerate(self.procs):
+            deadline = time.time() + 60
+            while True:
+                if proc.poll() is not None:
+                    self.__exit__(None, None, None)
+                    with open(self.logs[i]) as f:
+                        tail = f.read().strip().splitlines()[-1:] or ["(no output)"]
+                    raise RuntimeError(f"sockudo {i} exited with {proc.returncode}: {tail[0]}")
+                try:
+                    socket.create_connection(("127.0.0.1", SOCKUDO_BASE + i), timeout=0.5).close()
+                    break
+                except OSError:
+                    if time.time() > deadline:
+                        self.__exit__(None, None, None)
+                        raise RuntimeError(f"sockudo {i}: nothing listens on {SOCKUDO_BASE + i}")
+                    time.sleep(0.1)
         time.sleep(1)
         return self
 
