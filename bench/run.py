@@ -7,7 +7,8 @@
     python3 bench/run.py --only fanout  # one scenario again; the others' results are kept
     python3 bench/run.py --only memory --runs 1
 
-Scenarios: idle, echo, relay, fanout, memory. Peers: Node `ws` hub (bench/peers/node-hub),
+Scenarios: idle, echo, relay, fanout, memory, cluster (bench/cluster.py's cells: 6 hubs x
+19,000 connections over one redis-server, and sockudo with its Redis adapter). Peers: Node `ws` hub (bench/peers/node-hub),
 sockudo (Pusher protocol, from crates.io), Pushpin and websocketd (Debian).
 
 Installs what it needs from the package registries (Debian: pushpin, websocketd, nodejs, npm,
@@ -56,6 +57,7 @@ RESULTS = os.path.join(ROOT, "bench", "results", "latest.jsonl")
 # server must bind.
 PORT_BASE = 34000
 PORT_SPAN = 100
+CLUSTER_PORTS = "35000-35999"  # bench/cluster.py's redis-server, hubs and sockudo instances
 OFFSETS = {"backend": 0, "pushpin_push_in": 60, "pushpin_publish": 61, "pushpin_push_sub": 62,
            "pushpin_command": 63, "sockudo": 70, "hub_ws": 80, "hub_push": 81, "node": 90,
            "websocketd": 95, "pushpin": 99}
@@ -149,7 +151,7 @@ def prepare_ports():
     global RESERVED_BEFORE
     write_sysctl("net.ipv4.ip_local_port_range", "10000 65000")
     RESERVED_BEFORE = read_sysctl("net.ipv4.ip_local_reserved_ports")
-    ours = f"{PORT_BASE}-{PORT_BASE + PORT_SPAN - 1}"
+    ours = f"{PORT_BASE}-{PORT_BASE + PORT_SPAN - 1},{CLUSTER_PORTS}"
     merged = ",".join(x for x in [RESERVED_BEFORE, ours] if x)
     if RESERVED_BEFORE is not None and write_sysctl("net.ipv4.ip_local_reserved_ports", merged):
         atexit.register(write_sysctl, "net.ipv4.ip_local_reserved_ports", RESERVED_BEFORE)
@@ -268,12 +270,13 @@ def switchboard(config):
                   port('hub_ws'), extra_ports=(port('hub_push'),))
 
 
-def sockudo():
-    """sockudo with its local drivers, configured through its environment: one app
-    (id/key/secret known to the load generator), no rate limiter, no metrics listener, and
-    every per-app limit (connections, events per second, payload size) raised above the runs'."""
-    env = {
-        "HOST": "127.0.0.1", "PORT": str(port("sockudo")),
+def sockudo_env(listen_port):
+    """sockudo's environment: its local drivers, one app (id/key/secret known to the load
+    generator), no rate limiter, no metrics listener, and every per-app limit (connections,
+    events per second, payload size) raised above the runs'. bench/cluster.py starts its Redis
+    adapter instances with this and the adapter's settings on top."""
+    return {
+        "HOST": "127.0.0.1", "PORT": str(listen_port),
         "ADAPTER_DRIVER": "local", "CACHE_DRIVER": "memory", "QUEUE_DRIVER": "memory",
         "APP_MANAGER_DRIVER": "memory", "RATE_LIMITER_ENABLED": "false",
         "METRICS_ENABLED": "false", "DEBUG_MODE": "false", "SOCKUDO_MAX_CONNECTIONS": "100000",
@@ -287,6 +290,11 @@ def sockudo():
         "SOCKUDO_DEFAULT_APP_MAX_EVENT_PAYLOAD_IN_KB": "1024",
         "RUST_LOG": "warn",
     }
+
+
+def sockudo():
+    """sockudo with its local drivers (see sockudo_env)."""
+    env = sockudo_env(port("sockudo"))
     # Its own empty directory: sockudo reads config/config.toml from the working directory.
     return Server("sockudo", [sockudo_exe()], port("sockudo"),
                   cwd=tempfile.mkdtemp(prefix="bench-sockudo-"), env=env)
@@ -431,10 +439,12 @@ def proc_tree_jiffies(pids):
 
 
 def own_jiffies():
-    """CPU time of the live servers and of this harness's reaped children (loadgen, its workers)."""
+    """CPU time of the live servers (and bench/cluster.py's background loadgens), of this
+    harness's reaped children (loadgen, its workers) and of the harness itself."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    me = resource.getrusage(resource.RUSAGE_SELF)  # the cluster cells' notice receiver
     hz = os.sysconf("SC_CLK_TCK")
-    return proc_tree_jiffies(LIVE) + (ru.ru_utime + ru.ru_stime) * hz
+    return proc_tree_jiffies(LIVE) + (ru.ru_utime + ru.ru_stime + me.ru_utime + me.ru_stime) * hz
 
 
 def loadavg():
@@ -631,6 +641,28 @@ class Bench:
                                          "--rate", "0", "--quiet-secs", "0.5",
                                          "--rss-again-after", "5"],
                          pushpin_runs=1, rss=True)
+
+    def cluster(self):
+        """bench/cluster.py's cells: several hubs over one redis-server, and sockudo with its
+        Redis adapter; --quick: 2 nodes x 500."""
+        import cluster
+        args = cluster.parser(quick=self.quick).parse_args([])
+        for cell, label, fn in cluster.cells(args):
+            key = f"cluster-{cell}"
+            if time.time() > self.deadline:
+                self.errors.setdefault((key, label), "not run: the run's --deadline had passed")
+                continue
+            log(f"cluster: {cell} {label}")
+            try:
+                result = fn()
+            except Exception as e:  # a peer that cannot run the cell is reported, not fatal
+                log(f"{key} {label}: {e}")
+                self.errors[(key, label)] = str(e)
+                continue
+            result.update({"key": key, "label": label, "rev": REV, "date": RUN_STARTED})
+            with open(RESULTS, "a") as f:
+                f.write(json.dumps(result) + "\n")
+            self.results.setdefault(key, {}).setdefault(label, []).append(result)
 
     def relay(self):
         n = self.conns(19000)
@@ -834,8 +866,8 @@ MEASURED_AT = None  # --measured-at: when results without a "date" field were me
 RUN_STARTED = None  # this run's start, recorded in every result
 REV = None  # this run's commit, recorded in every result
 RUN_ARGS = ""  # this run's command-line flags, for the report
-SCENARIOS = ["idle", "echo", "relay", "fanout", "memory"]
-PEERS = ["switchboard", "node-ws", "sockudo", "pushpin", "websocketd"]
+SCENARIOS = ["idle", "echo", "relay", "fanout", "memory", "cluster"]
+PEERS = ["switchboard", "node-ws", "sockudo", "pushpin", "websocketd", "sockudo-redis"]
 
 
 def scenario_of(key):
@@ -930,12 +962,13 @@ def measures(bench):
 
 def targets(bench, us_to_ms):
     """The goals against this run's medians: Switchboard's, and every peer's beside it as
-    Switchboard / peer from the same run."""
+    Switchboard / peer from the same run (the cluster cells have their own table)."""
+    peers = [p for p in PEERS[1:] if p != "sockudo-redis"]
     out = ["### Goals, side by side", "",
            "Medians; in brackets Switchboard / that peer, from the same run (below 1 is better "
            "for memory and latency, above 1 for rates).", "",
-           "| measure | goal | Switchboard | met | " + " | ".join(PEERS[1:]) + " |",
-           "|---|---|---|---|" + "---|" * (len(PEERS) - 1)]
+           "| measure | goal | Switchboard | met | " + " | ".join(peers) + " |",
+           "|---|---|---|---|" + "---|" * len(peers)]
     for name, goal, unit, key, fn, bound, lower in measures(bench):
         ours = median_of(bench, key, "switchboard", fn)
         if ours is None and key not in bench.results:
@@ -943,7 +976,7 @@ def targets(bench, us_to_ms):
         met = "-" if bound is None or ours is None else (
             "yes" if (ours <= bound if lower else ours >= bound) else "**no**")
         cells = []
-        for peer in PEERS[1:]:
+        for peer in peers:
             theirs = median_of(bench, key, peer, fn)
             cells.append("-" if theirs is None else
                          f"{fmt(theirs)} ({ratio(ours, theirs)})" if ours is not None else fmt(theirs))
@@ -1001,6 +1034,103 @@ def load_results():
     return bench
 
 
+def cluster_section(bench):
+    """The "Cluster" table: one row per cell and server, Switchboard / sockudo-redis where both
+    ran the cell."""
+    cells = [k for k in ("cluster-hold", "cluster-latency", "cluster-crash")
+             if k in bench.results or any(key == k for key, _ in bench.errors)]
+    if not cells:
+        return []
+    ms = lambda us: None if us is None else us / 1000.0  # noqa: E731
+
+    def per_ms(r):
+        """Deliveries per millisecond of one publish to everyone (subscribers / last delivery)."""
+        last = pick(r, "latency.last_delivery_ms_median")
+        return r["connected"] / last if last and r.get("connected") else None
+
+    rows = {
+        "cluster-hold": [
+            ("(a) KiB per connection, all nodes", lambda r: r.get("rss_per_conn_kib"), True),
+            ("(c) last delivery ms, median", lambda r: pick(r, "latency.last_delivery_ms_median"), None),
+            ("(c) last delivery ms, max", lambda r: pick(r, "latency.last_delivery_ms_max"), None),
+            ("(c) subscribers reached per ms", per_ms, False),
+            ("(c) missing deliveries", lambda r: pick(r, "latency.missing"), None),
+            ("connected (failed)", lambda r: f"{fmt(r.get('connected'))} ({fmt(r.get('failed'))})", None),
+            ("connects/s", lambda r: r.get("connect_rate"), None),
+        ],
+        "cluster-latency": [
+            ("(b) delivery p50 ms at 100 publishes/s", lambda r: ms(pick(r, "throughput.delivery_p50_us")), True),
+            ("(b) delivery p99 ms at 100 publishes/s", lambda r: ms(pick(r, "throughput.delivery_p99_us")), True),
+            ("(b) missing deliveries, publishes failed", lambda r: f"{fmt(pick(r, 'throughput.missing'))}, "
+             f"{fmt(pick(r, 'throughput.publish_errors'))}", None),
+            ("one publish at a time: last delivery ms (10 probes)",
+             lambda r: pick(r, "latency.last_delivery_ms_median"), True),
+            ("other connections held meanwhile", lambda r: r.get("held"), None),
+        ],
+        "cluster-crash": [
+            ("(d) first notice s after SIGKILL", lambda r: r.get("first_notice_s"), None),
+            ("(d) last notice s after SIGKILL", lambda r: r.get("last_notice_s"), None),
+            ("(d) notices (distinct connections)",
+             lambda r: f"{fmt(r.get('notices'))} ({fmt(r.get('connections_noticed'))})", None),
+        ],
+    }
+    shape = {
+        "cluster-hold": lambda r: f"{r['nodes']} x {fmt(r['per_node'])} subscribers, publish on node 1",
+        "cluster-latency": lambda r: f"{fmt(r['subscribers'])} subscribers on node {r['nodes']}, "
+                                     f"publish on node 1, {r['nodes']} nodes",
+        "cluster-crash": lambda r: f"{fmt(r['connections'])} SocketDock connections on node 1 of {r['nodes']}",
+    }
+    servers = ["switchboard", "sockudo-redis"]
+    out = ["### Cluster: several processes over one redis-server", "",
+           "Switchboard: hubs with `[cluster]` (bench/cluster.py, ports 35000-35999), sockudo "
+           f"{SOCKUDO_VERSION} built with `--features local,redis` and `ADAPTER_DRIVER=redis` (the "
+           "app and limits of the sockudo row above), both over one redis-server on this machine, "
+           "with the load generator on the same cores. (a) RSS of every server process after all "
+           "connections are open (2 s of settling) minus before, per connection; (c) 5 publishes "
+           "5 s apart (1 s with --quick) on node 1, each to every subscriber of every node, time to the last delivery; "
+           "(b) the 100 publishes/s phase (10 s) to the subscribers of the last node, per-delivery "
+           "latency, while the other connections are held open and subscribed to another channel "
+           "(100/s to all 114,000 would be 11.4 million deliveries/s, beyond two cores); (d) SIGKILL "
+           "of node 1, `lease_ms` 10000, `reap_interval_ms` 1000. Goals: (b) p99 <= 10 ms; (d) every "
+           "notice within 30 s. Switchboard / sockudo-redis is "
+           "computed where both measured the cell (for (c) on subscribers reached per ms, since "
+           "the populations differ).", "",
+           "| cell | measure | " + " | ".join(servers) + " | Switchboard / sockudo-redis | "
+           "loadavg before -> after | other load, cores | steal % |",
+           "|---|---|" + "---|" * len(servers) + "---|---|---|---|"]
+    for key in cells:
+        per = bench.results.get(key, {})
+        first = {s: per[s][0] for s in servers if per.get(s)}
+        said = set()  # servers whose error is in an earlier row of this cell
+        for title, fn, lower in rows[key]:
+            vals = {s: fn(r) for s, r in first.items()}
+            cells_ = []
+            for s in servers:
+                if s in first:
+                    cells_.append(vals[s] if isinstance(vals[s], str) else fmt(vals[s]))
+                elif (key, s) in bench.errors and s not in said:
+                    cells_.append(f"could not run: {bench.errors[(key, s)]}")
+                    said.add(s)
+                else:
+                    cells_.append("-")
+            a, b = vals.get("switchboard"), vals.get("sockudo-redis")
+            r = (ratio(a, b) if lower is not None and not isinstance(a, str)
+                 and not isinstance(b, str) else "-")
+            loads = [pick(x, "load") or {} for x in first.values()]
+            la = ", ".join(f"{l.get('loadavg_start', [None])[0]} -> {l.get('loadavg_end', [None])[0]}"
+                           for l in loads)
+            other = ", ".join(fmt(l.get("other_cores")) + (" **noisy**" if l.get("noisy") else "")
+                              for l in loads)
+            steal = ", ".join(fmt(l.get("steal_pct")) for l in loads)
+            label = "; ".join(f"{s}: {shape[key](x)}" for s, x in first.items()) or key
+            out.append(f"| {label} | {title} | " + " | ".join(cells_) + f" | {r} | {la} | {other} | {steal} |")
+            label = ""
+    pid = re.compile(r"--rss-of \d+( --rss-of \d+)*")
+    commands = [f"- {s} {key[8:]}: `{pid.sub('--rss-of PID...', r['command'])}`"
+                for key in cells for s in servers for r in bench.results.get(key, {}).get(s, [])]
+    return out + ["", "Load columns: per server in the order of the columns. Commands:", *commands, ""]
+
+
 def report(bench, started, elapsed):
     v = versions()
     # Runs per cell as the results hold them (a partial run may have used another --runs).
@@ -1041,7 +1171,8 @@ def report(bench, started, elapsed):
     latency.append(("lost", lambda r: pick(r, "steps.0.lost")))
     order = ["idle", "echo-closed", "echo-1ps", "relay-seed", "relay-max", "relay-profile",
              "fanout", "mem4k", "mem64k"]
-    for key in sorted(bench.results.keys() | {k for k, _ in bench.errors},
+    for key in sorted({k for k in bench.results.keys() | {k for k, _ in bench.errors}
+                       if not k.startswith("cluster-")},
                       key=lambda k: (order.index(k.rsplit("-", 1)[0]), int(k.rsplit("-", 1)[1]))):
         kind = key.rsplit("-", 1)
         n = int(kind[1])
@@ -1148,6 +1279,7 @@ def report(bench, started, elapsed):
                     # At 1k subscribers every server keeps up with what is offered (25k/s), so the
                     # comparison is the latency; at 19k it is what each sustains.
                     "last delivery ms" if n < 5000 else "deliveries/s", lower=n < 5000)
+    parts.extend(cluster_section(bench))
     parts.append(END)
     generated = "\n".join(parts)
     path = bench.out
@@ -1162,6 +1294,9 @@ def report(bench, started, elapsed):
 
 
 def main():
+    # bench/cluster.py imports this file as `run`: the same module, not a second copy.
+    sys.modules.setdefault("run", sys.modules[__name__])
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=None, help="runs per cell (default 3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="small counts, short phases, one run")

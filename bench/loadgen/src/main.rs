@@ -119,8 +119,11 @@ enum Cmd {
 #[derive(Args, Clone)]
 struct Common {
     /// WebSocket URL to connect to; `{n}` is replaced by a name unique to each connection.
-    #[arg(long)]
-    url: String,
+    /// Repeatable (or comma-separated): worker i connects to URL i % n, the worker count is
+    /// rounded up to a multiple of n, and every URL gets the same number of connections (a
+    /// cluster's nodes).
+    #[arg(long, required = true, value_delimiter = ',')]
+    url: Vec<String>,
     /// Connections to open.
     #[arg(long, default_value_t = 1000)]
     conns: usize,
@@ -131,7 +134,7 @@ struct Common {
     #[arg(long, default_value_t = 512)]
     max_pending: usize,
     /// Worker processes; 0 = one per 9,000 connections, at least 2 (each process may hold
-    /// fewer than 20,000 open files).
+    /// fewer than 20,000 open files); rounded up to a multiple of the --url count.
     #[arg(long, default_value_t = 0)]
     procs: usize,
     /// Source addresses, as a range of 127.0.0.x: `FIRST-LAST`.
@@ -330,6 +333,32 @@ fn parse_sources(text: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
         .collect())
 }
 
+/// Connections per worker process: worker i connects to URL i % `urls`. `procs` 0 means one
+/// worker per 9,000 connections, at least 2; with several URLs the count is rounded up to a
+/// multiple of them, and each URL's share of `conns` (equal, the remainder going to the first
+/// URLs) is spread evenly over its workers. Never more workers than connections, except that
+/// every URL keeps at least one.
+fn split(conns: usize, procs: usize, urls: usize) -> Vec<usize> {
+    let urls = urls.max(1);
+    let procs = if procs > 0 {
+        procs
+    } else {
+        conns.div_ceil(9000).max(2)
+    }
+    .min(conns.max(1))
+    .div_ceil(urls)
+        * urls;
+    (0..procs)
+        .map(|index| {
+            let url = index % urls;
+            let share = conns / urls + usize::from(url < conns % urls);
+            // This worker's rank among the workers of its URL, and how many those are.
+            let (rank, peers) = (index / urls, procs / urls);
+            share / peers + usize::from(rank < share % peers)
+        })
+        .collect()
+}
+
 fn rss_kib(pids: &[u32]) -> u64 {
     pids.iter().map(|&p| rss::tree_kib(p)).sum()
 }
@@ -344,21 +373,16 @@ fn us(h: &Histogram<u64>, q: f64) -> f64 {
 impl Run {
     fn start(common: &Common) -> anyhow::Result<Self> {
         let sources = parse_sources(&common.sources)?;
-        let procs = if common.procs > 0 {
-            common.procs
-        } else {
-            common.conns.div_ceil(9000).max(2)
-        }
-        .min(common.conns.max(1));
+        let split = split(common.conns, common.procs, common.url.len());
         let rss_before = rss_kib(&common.rss_of);
         let exe = std::env::current_exe()?;
         let (tx, reports) = mpsc::channel();
         let mut workers = Vec::new();
-        for index in 0..procs {
-            let conns = common.conns / procs + usize::from(index < common.conns % procs);
+        let procs = split.len();
+        for (index, &conns) in split.iter().enumerate() {
             let plan = WorkerPlan {
                 index,
-                url: common.url.clone(),
+                url: common.url[index % common.url.len()].clone(),
                 conns,
                 connect_rate: common.connect_rate / procs as f64,
                 sources: sources.clone(),
@@ -795,6 +819,35 @@ const PUBLISH_GRACE: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn one_url_keeps_the_old_split() {
+        assert_eq!(super::split(19000, 0, 1), vec![6334, 6333, 6333]);
+        assert_eq!(super::split(1000, 0, 1), vec![500, 500]);
+        assert_eq!(super::split(1, 0, 1), vec![1]);
+        assert_eq!(super::split(10, 4, 1), vec![3, 3, 2, 2]);
+    }
+
+    #[test]
+    fn several_urls_get_equal_shares() {
+        let per_url = |split: &[usize], urls: usize| -> Vec<usize> {
+            (0..urls)
+                .map(|u| split.iter().skip(u).step_by(urls).sum())
+                .collect()
+        };
+        // 6 nodes x 19,000: 13 workers by default, rounded up to 18.
+        let s = super::split(114_000, 0, 6);
+        assert_eq!(s.len(), 18);
+        assert_eq!(per_url(&s, 6), vec![19000; 6]);
+        assert!(s.iter().all(|&c| c < 20000));
+        // An explicit --procs is rounded up too; a remainder goes to the first URLs.
+        let s = super::split(1001, 3, 2);
+        assert_eq!(s.len(), 4);
+        assert_eq!(per_url(&s, 2), vec![501, 500]);
+        assert_eq!(s.iter().sum::<usize>(), 1001);
+        // Fewer connections than URLs: every URL still has a worker.
+        assert_eq!(super::split(2, 0, 3).len(), 3);
+    }
+
     #[test]
     fn sources_are_a_range_of_loopback_addresses() {
         let s = super::parse_sources("2-4").unwrap();
