@@ -62,9 +62,17 @@ def log(*parts):
     print("==>", *parts, file=sys.stderr, flush=True)
 
 
+# Where bench/run.py's install step builds it (`cargo install --root`), kept out of git.
+SOCKUDO_REDIS_ROOT = os.path.join(ROOT, "bench", ".tools", "sockudo-redis")
+
+
 def sockudo_redis_exe():
-    """The sockudo binary with the Redis adapter: $SOCKUDO_REDIS, else `sockudo-redis` on PATH."""
-    return os.environ.get("SOCKUDO_REDIS") or shutil.which("sockudo-redis")
+    """The sockudo binary with the Redis adapter: $SOCKUDO_REDIS, else the one bench/run.py
+    installs under bench/.tools/sockudo-redis, else `sockudo-redis` on PATH."""
+    installed = os.path.join(SOCKUDO_REDIS_ROOT, "bin", "sockudo")
+    return (os.environ.get("SOCKUDO_REDIS")
+            or (installed if os.path.exists(installed) else None)
+            or shutil.which("sockudo-redis"))
 
 
 def wait_port(port, timeout=20.0):

@@ -105,6 +105,13 @@ def install():
             sh(["apt-get", "install", "-y", "-qq", "protobuf-compiler"], env=env,
                stdout=subprocess.DEVNULL)
         sh(SOCKUDO_INSTALL)
+    # The cluster scenario's peer: sockudo with its Redis adapter, a second build kept apart
+    # (the crate's features are fixed at build time).
+    import cluster
+    if not os.path.exists(os.path.join(cluster.SOCKUDO_REDIS_ROOT, "bin", "sockudo")):
+        log("sockudo with its Redis adapter is not installed: building it (another long compile)")
+        sh(["cargo", "install", "sockudo", "--version", SOCKUDO_VERSION, "--no-default-features",
+            "--features", cluster.SOCKUDO_REDIS_FEATURES, "--root", cluster.SOCKUDO_REDIS_ROOT])
     sh(["cargo", "build", "--release", "--workspace"], cwd=ROOT)
 
 

@@ -210,14 +210,22 @@ pub(super) fn run(
     });
 }
 
-/// The RESP3 client for `url`.
+/// The RESP3 client for `url`, with TCP_NODELAY on its sockets. redis-rs leaves Nagle's
+/// algorithm on by default, and then a small write (a PUBLISH, a renewal) made while an
+/// earlier one is still unacknowledged waits for Redis's delayed ACK (up to 40 ms on Linux).
+/// At 100 publishes/s one at a time it made no measurable difference (2 nodes, 1,000
+/// subscribers: delivery p50 9.5 ms and p99 32 ms with Nagle, 9.0 and 31 ms without); it
+/// matters when several commands share the connection at once.
 fn client(url: &str) -> redis::RedisResult<Client> {
     let info = url.into_connection_info()?;
     let settings = info
         .redis_settings()
         .clone()
         .set_protocol(ProtocolVersion::RESP3);
-    Client::open(info.set_redis_settings(settings))
+    Client::open(
+        info.set_redis_settings(settings)
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)),
+    )
 }
 
 /// The text of a bulk string.
