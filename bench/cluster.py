@@ -43,7 +43,8 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import run as harness  # noqa: E402  (Load, tree_rss_kib, LIVE, sockudo's settings)
+import machine  # noqa: E402  (Load, tree_rss_kib, LIVE)
+import sockudo  # noqa: E402  (the app and environment of sockudo)
 
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 HUB = os.path.join(TARGET, "release", "switchboard")
@@ -99,14 +100,14 @@ class Redis:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--maxclients", "10000"], stdout=subprocess.DEVNULL)
-        harness.LIVE[self.proc.pid] = "redis-server"
+        machine.LIVE[self.proc.pid] = "redis-server"
         wait_port(REDIS_PORT)
         return self
 
     def __exit__(self, *exc):
         self.proc.kill()
         self.proc.wait()
-        harness.LIVE.pop(self.proc.pid, None)
+        machine.LIVE.pop(self.proc.pid, None)
 
 
 class Cluster:
@@ -162,7 +163,7 @@ node = "bench-{i}"
 """)
             hub = subprocess.Popen([HUB, "--config", config], stderr=open(config + ".log", "w"),
                                    env=dict(os.environ, RUST_LOG="warn"))
-            harness.LIVE[hub.pid] = f"switchboard-{i}"
+            machine.LIVE[hub.pid] = f"switchboard-{i}"
             self.hubs.append(hub)
         for i in range(self.nodes):
             wait_port(PUSH_BASE + i)
@@ -189,7 +190,7 @@ node = "bench-{i}"
             except subprocess.TimeoutExpired:
                 hub.kill()
                 hub.wait()
-            harness.LIVE.pop(hub.pid, None)
+            machine.LIVE.pop(hub.pid, None)
         self.redis.__exit__(*exc)
 
 
@@ -205,13 +206,13 @@ class SockudoCluster:
                                f"built with --features {SOCKUDO_REDIS_FEATURES}")
 
     def urls(self, nodes=None, path=None):
-        return [f"ws://127.0.0.1:{SOCKUDO_BASE + i}/app/{harness.SOCKUDO_KEY}?protocol=7"
+        return [f"ws://127.0.0.1:{SOCKUDO_BASE + i}/app/{sockudo.SOCKUDO_KEY}?protocol=7"
                 for i in (nodes or range(self.nodes))]
 
     def publish_args(self, node, channel):
         return ["--publish-url",
-                f"http://127.0.0.1:{SOCKUDO_BASE + node}/apps/{harness.SOCKUDO_APP}/events",
-                "--pusher-auth", f"{harness.SOCKUDO_KEY}:{harness.SOCKUDO_SECRET}",
+                f"http://127.0.0.1:{SOCKUDO_BASE + node}/apps/{sockudo.SOCKUDO_APP}/events",
+                "--pusher-auth", f"{sockudo.SOCKUDO_KEY}:{sockudo.SOCKUDO_SECRET}",
                 "--header", "Content-Type: application/json",
                 "--publish-body", '{"name":"bench","channel":"%s","data":"{payload}"}' % channel]
 
@@ -222,7 +223,7 @@ class SockudoCluster:
         self.redis = Redis().__enter__()
         self.procs, self.logs = [], []
         for i in range(self.nodes):
-            env = harness.sockudo_env(SOCKUDO_BASE + i)
+            env = sockudo.sockudo_env(SOCKUDO_BASE + i)
             # A Redis adapter needs the Redis cache too: sockudo refuses to start otherwise
             # ("clustered Ably compatibility and idempotency require cache.driver=redis").
             env.update({"ADAPTER_DRIVER": "redis", "CACHE_DRIVER": "redis",
@@ -234,7 +235,7 @@ class SockudoCluster:
             proc = subprocess.Popen([self.exe], cwd=tempfile.mkdtemp(prefix="bench-sockudo-"),
                                     env=dict(os.environ, **env), stdout=logf,
                                     stderr=subprocess.STDOUT)
-            harness.LIVE[proc.pid] = f"sockudo-redis-{i}"
+            machine.LIVE[proc.pid] = f"sockudo-redis-{i}"
             self.procs.append(proc)
         for i, proc in enumerate(self.procs):
             deadline = time.time() + 60
@@ -269,7 +270,7 @@ class SockudoCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            harness.LIVE.pop(proc.pid, None)
+            machine.LIVE.pop(proc.pid, None)
         self.redis.__exit__(*exc)
 
 
@@ -278,7 +279,7 @@ def loadgen(mode, args):
     the command."""
     cmd = [LOADGEN, mode, *args]
     log("$", " ".join(cmd))
-    load = harness.Load()
+    load = machine.Load()
     out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=LOADGEN_TIMEOUT,
                          check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -299,7 +300,7 @@ class Holder:
         log("$", " ".join(self.cmd), "&")
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, start_new_session=True)
-        harness.LIVE[self.proc.pid] = "loadgen-holder"
+        machine.LIVE[self.proc.pid] = "loadgen-holder"
         connected = threading.Event()
         self.line = None
 
@@ -325,7 +326,7 @@ class Holder:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        harness.LIVE.pop(self.proc.pid, None)
+        machine.LIVE.pop(self.proc.pid, None)
 
 
 def rss_pids(pids):
@@ -341,14 +342,14 @@ def hold(make, nodes, per_node, probes=5, connect_rate=10000, server="switchboar
     node 1, `probe_ms` apart (5 s: one publish to 114,000 took 2.7 s here, and publishes 1 s
     apart queued behind each other, which the last-delivery times then included)."""
     with make(nodes) as c:
-        redis_before = harness.tree_rss_kib(c.redis.proc.pid)
+        redis_before = machine.tree_rss_kib(c.redis.proc.pid)
         r = loadgen("fanout", ["--url", ",".join(c.urls()), "--conns", str(nodes * per_node),
                                "--connect-rate", str(connect_rate), "--connect-timeout", "60",
                                *c.subscribe_args("bench"), *c.publish_args(0, "bench"),
                                "--probes", str(probes), "--probe-interval-ms", str(probe_ms),
                                "--rate", "0", *rss_pids(c.pids), "--label", server])
         r["redis_rss_before_kib"] = redis_before
-        r["redis_rss_after_kib"] = harness.tree_rss_kib(c.redis.proc.pid)
+        r["redis_rss_after_kib"] = machine.tree_rss_kib(c.redis.proc.pid)
     r.update({"cell": "hold", "server": server, "nodes": nodes, "per_node": per_node,
               "publish_node": 0, "probe_interval_ms": probe_ms})
     return r
@@ -441,7 +442,7 @@ format = "socketdock"
 url = "http://127.0.0.1:{NOTICE_PORT}/message"
 disconnect_url = "http://127.0.0.1:{NOTICE_PORT}/disconnect"
 """
-    load = harness.Load()
+    load = machine.Load()
     try:
         with Cluster(nodes, backend) as cluster:
             args = ["--url", f"ws://127.0.0.1:{WS_BASE}/ws", "--conns", str(conns),

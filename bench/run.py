@@ -44,6 +44,12 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cluster  # noqa: E402  (the cluster scenario's cells)
+from machine import (LIVE, NOISY_OTHER_CORES, NOISY_STEAL_PCT, Load,  # noqa: E402
+                     tree_rss_kib)
+from sockudo import SOCKUDO_APP, SOCKUDO_KEY, SOCKUDO_SECRET, sockudo_env  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 HUB = os.path.join(TARGET, "release", "switchboard")
@@ -70,7 +76,6 @@ def port(name):
 # sockudo: Pusher-protocol server in Rust, built from crates.io with its local (single node)
 # drivers only; one app with a known id, key and secret, its limits raised above any run's.
 SOCKUDO_VERSION = "5.2.0"
-SOCKUDO_APP, SOCKUDO_KEY, SOCKUDO_SECRET = "bench", "bench-key", "bench-secret"
 SOCKUDO_INSTALL = ["cargo", "install", "sockudo", "--version", SOCKUDO_VERSION,
                    "--no-default-features", "--features", "local"]
 
@@ -107,7 +112,6 @@ def install():
         sh(SOCKUDO_INSTALL)
     # The cluster scenario's peer: sockudo with its Redis adapter, a second build kept apart
     # (the crate's features are fixed at build time).
-    import cluster
     if not os.path.exists(os.path.join(cluster.SOCKUDO_REDIS_ROOT, "bin", "sockudo")):
         log("sockudo with its Redis adapter is not installed: building it (another long compile)")
         sh(["cargo", "install", "sockudo", "--version", SOCKUDO_VERSION, "--no-default-features",
@@ -213,7 +217,6 @@ def wait_port(port, host="127.0.0.1", timeout=20.0):
     raise RuntimeError(f"nothing listens on {host}:{port} after {timeout}s")
 
 
-LIVE = {}  # pid -> name of every server process group running now
 
 
 class Server:
@@ -275,28 +278,6 @@ def switchboard(config):
         f.write(text)
     return Server("switchboard", [HUB, "--config", path],
                   port('hub_ws'), extra_ports=(port('hub_push'),))
-
-
-def sockudo_env(listen_port):
-    """sockudo's environment: its local drivers, one app (id/key/secret known to the load
-    generator), no rate limiter, no metrics listener, and every per-app limit (connections,
-    events per second, payload size) raised above the runs'. bench/cluster.py starts its Redis
-    adapter instances with this and the adapter's settings on top."""
-    return {
-        "HOST": "127.0.0.1", "PORT": str(listen_port),
-        "ADAPTER_DRIVER": "local", "CACHE_DRIVER": "memory", "QUEUE_DRIVER": "memory",
-        "APP_MANAGER_DRIVER": "memory", "RATE_LIMITER_ENABLED": "false",
-        "METRICS_ENABLED": "false", "DEBUG_MODE": "false", "SOCKUDO_MAX_CONNECTIONS": "100000",
-        "WEBSOCKET_MAX_PAYLOAD_KB": "1024",
-        "SOCKUDO_DEFAULT_APP_ID": SOCKUDO_APP, "SOCKUDO_DEFAULT_APP_KEY": SOCKUDO_KEY,
-        "SOCKUDO_DEFAULT_APP_SECRET": SOCKUDO_SECRET, "SOCKUDO_DEFAULT_APP_ENABLED": "true",
-        "SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS": "100000",
-        "SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND": "1000000",
-        "SOCKUDO_DEFAULT_APP_MAX_CLIENT_EVENTS_PER_SECOND": "1000000",
-        "SOCKUDO_DEFAULT_APP_MAX_READ_REQUESTS_PER_SECOND": "1000000",
-        "SOCKUDO_DEFAULT_APP_MAX_EVENT_PAYLOAD_IN_KB": "1024",
-        "RUST_LOG": "warn",
-    }
 
 
 def sockudo():
@@ -402,108 +383,6 @@ def loadgen(mode, args, key, label, during=None):
     result["command"] = "loadgen " + " ".join(
         a if " " not in a and "{" not in a else "'" + a + "'" for a in [mode, *args])
     return result
-
-
-# ---------------------------------------------------------------------------------------------
-# The machine's load
-
-# A run is noisy when the hypervisor took more than this share of the CPU time (steal), or when
-# processes other than the measured server(s) and the load generator kept more than this many
-# cores busy on average (another build, another benchmark).
-NOISY_STEAL_PCT = 5.0
-NOISY_OTHER_CORES = 0.25
-
-
-def cpu_times():
-    """(busy, steal, total) jiffies of the whole machine, from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return user + nice + system + irq + softirq, steal, sum(fields[:8])
-
-
-def proc_tree_jiffies(pids):
-    """utime+stime (with reaped children's) of the processes in `pids` and all below them."""
-    stats, children = {}, {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    rest = f.read().rsplit(")", 1)[1].split()
-                stats[int(entry)] = sum(int(x) for x in rest[11:15])
-                children.setdefault(int(rest[1]), []).append(int(entry))
-            except (OSError, ValueError, IndexError):
-                pass
-    total, todo, seen = 0, list(pids), set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        total += stats.get(p, 0)
-        todo.extend(children.get(p, []))
-    return total
-
-
-def own_jiffies():
-    """CPU time of the live servers (and bench/cluster.py's background loadgens), of this
-    harness's reaped children (loadgen, its workers) and of the harness itself."""
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    me = resource.getrusage(resource.RUSAGE_SELF)  # the cluster cells' notice receiver
-    hz = os.sysconf("SC_CLK_TCK")
-    return proc_tree_jiffies(LIVE) + (ru.ru_utime + ru.ru_stime + me.ru_utime + me.ru_stime) * hz
-
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return [float(x) for x in f.read().split()[:3]]
-
-
-class Load:
-    """The machine's load over an interval: loadavg at both ends, steal and the CPU used by
-    other processes than ours, from /proc/stat and /proc/PID/stat deltas."""
-
-    def __init__(self):
-        self.t0, self.cpu0, self.own0 = time.time(), cpu_times(), own_jiffies()
-        self.loadavg0 = loadavg()
-
-    def done(self):
-        busy1, steal1, total1 = cpu_times()
-        own1 = own_jiffies()
-        busy0, steal0, total0 = self.cpu0
-        dtotal = max(total1 - total0, 1)
-        cores = os.cpu_count() or 1
-        other = max(0.0, (busy1 - busy0) - (own1 - self.own0)) / dtotal * cores
-        steal = (steal1 - steal0) / dtotal * 100
-        busy = (busy1 - busy0) / dtotal * cores
-        out = {"secs": round(time.time() - self.t0, 1), "loadavg_start": self.loadavg0,
-               "loadavg_end": loadavg(), "steal_pct": round(steal, 2),
-               "busy_cores": round(busy, 2), "other_cores": round(other, 2)}
-        out["noisy"] = steal > NOISY_STEAL_PCT or other > NOISY_OTHER_CORES
-        return out
-
-
-def tree_rss_kib(pid):
-    """VmRSS of a process and all its descendants, in KiB (None when it cannot be read)."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
-            except (OSError, ValueError, IndexError):
-                pass
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        todo.extend(children.get(p, []))
-        try:
-            with open(f"/proc/{p}/status") as f:
-                total += next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
-        except (OSError, StopIteration):
-            pass
-    return total or None
 
 
 class Bench:
@@ -652,7 +531,6 @@ class Bench:
     def cluster(self):
         """bench/cluster.py's cells: several hubs over one redis-server, and sockudo with its
         Redis adapter; --quick: 2 nodes x 500."""
-        import cluster
         args = cluster.parser(quick=self.quick).parse_args([])
         for cell, label, fn in cluster.cells(args):
             key = f"cluster-{cell}"
