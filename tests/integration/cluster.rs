@@ -256,6 +256,15 @@ async fn wait_local(hub: &HubProcess, n: u64) {
     }
 }
 
+/// Send `sig` (`-KILL`, `-STOP`, `-CONT`) to a hub process.
+fn signal(hub: &HubProcess, sig: &str) {
+    assert!(Command::new("kill")
+        .args([sig, &hub.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
 fn rpc(id: u64, method: &str, params: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
 }
@@ -702,11 +711,7 @@ async fn a_killed_nodes_connections_get_exactly_one_notice_each_from_a_survivor(
         })
         .await;
 
-    assert!(Command::new("kill")
-        .args(["-KILL", &hubs[0].pid().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    signal(&hubs[0], "-KILL");
     backend
         .wait_for("51 notices", |r| {
             r.iter().filter(|r| r.path == "/sd/disconnect").count() >= 51
@@ -762,11 +767,7 @@ async fn a_node_restarted_under_its_name_sends_its_previous_runs_notices_at_once
         clients.push(connect(&first.ws_url("/ws")).await);
     }
     let ids = wait_for_connections(&first, 5).await;
-    assert!(Command::new("kill")
-        .args(["-KILL", &first.pid().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    signal(&first, "-KILL");
     first.wait_exit();
     let second = start(&config);
     backend
@@ -850,17 +851,10 @@ async fn notices_a_reaper_claimed_but_died_before_delivering_are_sent_by_the_nex
     }
     let mut ids = wait_for_connections(&hubs[0], 5).await;
     ids.sort();
-    let kill = |hub: &HubProcess| {
-        assert!(Command::new("kill")
-            .args(["-KILL", &hub.pid().to_string()])
-            .status()
-            .unwrap()
-            .success());
-    };
 
     // The application is down: the reaper claims the dead node's run but cannot deliver.
     backend.set_outage(true);
-    kill(&hubs[0]);
+    signal(&hubs[0], "-KILL");
     hubs[0].wait_exit();
     let start = Instant::now();
     let reaper = loop {
@@ -883,7 +877,7 @@ async fn notices_a_reaper_claimed_but_died_before_delivering_are_sent_by_the_nex
         .map(|(id, notice, _)| (id, notice))
         .collect();
     // The reaper dies before any notice got through; then the application is back.
-    kill(&hubs[reaper]);
+    signal(&hubs[reaper], "-KILL");
     hubs[reaper].wait_exit();
     backend.set_outage(false);
 
@@ -952,11 +946,7 @@ async fn a_reaper_holds_off_for_a_lease_after_its_own_outage() {
     // The watcher loses Redis and, meanwhile, the other node dies: by the time the watcher is
     // back, the dead node's lease has expired or is about to.
     proxy.set_cut(true);
-    assert!(Command::new("kill")
-        .args(["-KILL", &doomed.pid().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    signal(&doomed, "-KILL");
     doomed.wait_exit();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     proxy.set_cut(false);
@@ -1018,22 +1008,13 @@ async fn a_node_paused_past_its_lease_closes_the_sockets_that_were_reaped() {
         clients.push(connect(&hubs[0].ws_url("/ws")).await);
     }
     wait_for_connections(&hubs[0], 3).await;
-    let pid = hubs[0].pid().to_string();
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&hubs[0], "-STOP");
     backend
         .wait_for("3 notices while paused", |r| {
             r.iter().filter(|r| r.path == "/sd/disconnect").count() >= 3
         })
         .await;
-    assert!(Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&hubs[0], "-CONT");
     for ws in &mut clients {
         assert_eq!(
             expect_close(ws).await.0,
